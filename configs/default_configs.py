@@ -1,0 +1,131 @@
+"""Every configuration key of the project, with the official score_sde / MSGM defaults.
+
+The per-data-set files (``default_<dataset>_configs.py``) start from ``get_base_config()`` and change
+only what differs; the experiment files under ``vp/``, ``ve/``, ``subvp/``, ``toy/`` and ``mnist/`` then
+set the SDE, sampler and network. Because every key exists here, a misspelt override such as
+``--config.model.nff=64`` fails with an error naming the key.
+"""
+import ml_collections
+
+
+def get_base_config():
+  config = ml_collections.ConfigDict()
+
+  # training
+  config.training = training = ml_collections.ConfigDict()
+  training.sde = 'vpsde'                 # vpsde | subvpsde | vesde
+  training.batch_size = 128              # retain-data (or full-data) batch
+  training.batch_size_un = 128           # forget-data batch of the MSGM tasks (official key name)
+  training.n_iters = 1300001
+  training.snapshot_freq = 50000         # steps between kept checkpoints checkpoints/checkpoint_K.pth
+  training.log_freq = 50
+  training.eval_freq = 100               # steps between evaluation-loss logs
+  training.snapshot_freq_for_preemption = 10000  # steps between checkpoints-meta/checkpoint.pth
+  training.snapshot_sampling = True      # write a sample grid with every kept checkpoint
+  training.likelihood_weighting = False  # λ(t) = g(t)² instead of σ_t² (score form)
+  training.continuous = True
+  training.reduce_mean = False
+  training.eps = 1e-5                    # smallest training time
+  training.pretrained = ''               # checkpoint that --finetune starts from
+  training.num_workers = 0               # data-loader worker processes
+
+  # sampling
+  config.sampling = sampling = ml_collections.ConfigDict()
+  sampling.method = 'pc'                 # pc | ode
+  sampling.predictor = 'euler_maruyama'  # euler_maruyama | reverse_diffusion | ancestral_sampling | none
+  sampling.corrector = 'none'            # langevin | ald | none
+  sampling.n_steps_each = 1
+  sampling.noise_removal = True
+  sampling.probability_flow = False
+  sampling.snr = 0.16
+  sampling.eps = 0.                      # 0 = the SDE's default (1e-3 VP/sub-VP, 1e-5 VE)
+  sampling.ode_method = 'RK45'
+  sampling.ode_rtol = 1e-5
+  sampling.ode_atol = 1e-5
+  sampling.ode_solver = 'torchdiffeq'    # torchdiffeq (on the data's device) | scipy (official path)
+
+  # evaluation
+  config.eval = evaluate = ml_collections.ConfigDict()
+  evaluate.begin_ckpt = 0                # 0 = the latest checkpoint only
+  evaluate.end_ckpt = 0
+  evaluate.batch_size = 128
+  evaluate.enable_sampling = True
+  evaluate.num_samples = 50000
+  evaluate.enable_loss = False
+  evaluate.enable_bpd = False
+  evaluate.enable_fid = False
+  evaluate.bpd_dataset = 'test'
+  evaluate.bpd_num_repeats = 1
+  evaluate.bpd_num_samples = 0           # 0 = the whole split
+  evaluate.classifier = ''
+  evaluate.fid_weights = ''
+  evaluate.fid_num_samples = 0           # 0 = eval.num_samples
+
+  # data
+  config.data = data = ml_collections.ConfigDict()
+  data.dataset = 'CIFAR10'
+  data.root = './data'                   # where the data sets live (official: data_path)
+  data.download = True                   # let torchvision download when online
+  data.image_size = 32
+  data.random_flip = True
+  data.centered = False                  # [-1, 1] when True, [0, 1] otherwise
+  data.uniform_dequantization = False
+  data.num_channels = 3
+
+  # model
+  config.model = model = ml_collections.ConfigDict()
+  model.name = 'ncsnpp'
+  model.sigma_min = 0.01
+  model.sigma_max = 50.
+  model.num_scales = 1000
+  model.beta_min = 0.1
+  model.beta_max = 20.
+  model.dropout = 0.1
+  model.embedding_type = 'fourier'       # fourier | positional
+  model.ema_rate = 0.9999
+  model.normalization = 'GroupNorm'
+  model.nonlinearity = 'swish'
+  model.nf = 128
+  model.ch_mult = (1, 2, 2, 2)
+  model.num_res_blocks = 2
+  model.attn_resolutions = (16,)
+  model.resamp_with_conv = True
+  model.conditional = True
+  model.scale_by_sigma = False
+  model.fir = False
+  model.fir_kernel = [1, 3, 3, 1]
+  model.skip_rescale = True
+  model.resblock_type = 'biggan'         # ddpm | biggan
+  model.progressive = 'none'             # none | output_skip | residual
+  model.progressive_input = 'none'       # none | input_skip | residual
+  model.progressive_combine = 'sum'      # sum | cat
+  model.attention_type = 'ddpm'
+  model.init_scale = 0.
+  model.fourier_scale = 16.
+  model.conv_size = 3
+  model.interpolation = 'bilinear'       # NCSNv2 only
+  model.hidden_dims = (128, 128, 128)    # MLP only
+  model.embedding_dim = 64               # MLP only
+
+  # optimization
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.weight_decay = 0.
+  optim.optimizer = 'Adam'
+  optim.lr = 2e-4
+  optim.beta1 = 0.9
+  optim.eps = 1e-8
+  optim.warmup = 5000
+  optim.grad_clip = 1.
+  optim.amsgrad = False
+
+  # unlearning (MSGM)
+  config.unlearn = unlearn = ml_collections.ConfigDict()
+  unlearn.forget = ''                    # class names/indices ("automobile,dog", "3,7") or attributes ("Bangs")
+  unlearn.alpha = 0.99                   # weight of the retain term L_g; 1 - alpha weights L_f
+  unlearn.forget_every = 4               # the forget term is applied on every k-th step (step % k == 0)
+  unlearn.orthogonal_product = 'dot'     # dot (paper) | elementwise (official code)
+  unlearn.obtuse_sign = 'paper'          # paper (score pushed away) | official (opposite sign)
+
+  config.seed = 42
+  config.device = 'auto'                 # auto | cpu | cuda | cuda:N
+  return config

@@ -1,0 +1,28 @@
+"""Shared fixtures: the repository root on sys.path, the official-fixture folder, and the device list."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+  sys.path.insert(0, str(ROOT))
+
+COMPAT_DIR = Path(os.environ.get('MSGM_COMPAT_DIR', ROOT.parent / 'shared' / 'reference' / 'score_sde_compat'))
+
+DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                  reason='CUDA is not available'))]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+  return torch.device(request.param)
+
+
+@pytest.fixture
+def compat_dir():
+  if not COMPAT_DIR.is_dir():
+    pytest.skip(f'official checkpoint fixtures not found at {COMPAT_DIR} (set MSGM_COMPAT_DIR)')
+  return COMPAT_DIR
