@@ -302,7 +302,7 @@ def get_msgm_step_fn(sde, train, task, unlearn, optimize_fn=None, reduce_mean=Fa
                      likelihood_weighting=False, eps=1e-5):
   """MSGM step: ``loss = α·mean(L_g(batch_g)) + (1−α)·mean(L_f(batch_f))·[forget step]``.
 
-  ``step_fn(state, batch_g, batch_f=None) -> {'loss', 'loss_g', 'loss_f'}`` (detached scalars; ``loss_f``
+  ``step_fn(state, batch_g, batch_f=None, generator=None) -> {'loss', 'loss_g', 'loss_f'}`` (detached scalars; ``loss_f``
   is NaN on steps without the forget term). For tasks without a forget term the loss is ``mean(L_g)``.
   When evaluating (``train=False``) both terms are computed with the EMA weights and ``loss = α L_g +
   (1 − α) L_f``.
@@ -320,21 +320,22 @@ def get_msgm_step_fn(sde, train, task, unlearn, optimize_fn=None, reduce_mean=Fa
   def needs_forget_batch(step):
     return loss_f_fn is not None and (not train or is_forget_step(step, forget_every))
 
-  def compute(model, step, batch_g, batch_f):
-    loss_g = loss_g_fn(model, batch_g).mean()
+  def compute(model, step, batch_g, batch_f, generator):
+    loss_g = loss_g_fn(model, batch_g, generator).mean()
     if not needs_forget_batch(step):
       return loss_g if loss_f_fn is None else alpha * loss_g, loss_g, None
-    loss_f = loss_f_fn(model, batch_f).mean()
+    loss_f = loss_f_fn(model, batch_f, generator).mean()
     return alpha * loss_g + (1. - alpha) * loss_f, loss_g, loss_f
 
-  def step_fn(state, batch_g, batch_f=None):
+  def step_fn(state, batch_g, batch_f=None, generator=None):
     if needs_forget_batch(state['step']) and batch_f is None:
       raise ValueError('this step uses the forget term but no forget batch was given')
     if train:
-      loss, loss_g, loss_f = compute(state['model'], state['step'], batch_g, batch_f)
+      loss, loss_g, loss_f = compute(state['model'], state['step'], batch_g, batch_f, generator)
       _optimizer_step(state, loss, optimize_fn)
     else:
-      loss, loss_g, loss_f = _with_ema(state, lambda: compute(state['model'], state['step'], batch_g, batch_f))
+      loss, loss_g, loss_f = _with_ema(
+        state, lambda: compute(state['model'], state['step'], batch_g, batch_f, generator))
     nan = torch.tensor(float('nan'))
     return {'loss': loss.detach(), 'loss_g': loss_g.detach(),
             'loss_f': nan if loss_f is None else loss_f.detach()}

@@ -28,6 +28,7 @@ def get_base_config():
   training.eps = 1e-5                    # smallest training time
   training.pretrained = ''               # checkpoint that --finetune starts from
   training.num_workers = 0               # data-loader worker processes
+  training.snapshot_num_samples = 64     # samples drawn for each snapshot grid
 
   # sampling
   config.sampling = sampling = ml_collections.ConfigDict()
@@ -71,6 +72,8 @@ def get_base_config():
   data.centered = False                  # [-1, 1] when True, [0, 1] otherwise
   data.uniform_dequantization = False
   data.num_channels = 3
+  data.num_train = 20000                 # GMM2D only: training points drawn
+  data.num_test = 2000                   # GMM2D only: test points drawn
 
   # model
   config.model = model = ml_collections.ConfigDict()

@@ -1,0 +1,53 @@
+"""Command-line entry point (as in score_sde / MSGM).
+
+  python main.py --config configs/toy/gmm2d.py --workdir W --task square --mode train [--finetune]
+  python main.py --config configs/toy/gmm2d.py --workdir W --task square --mode eval [--eval_folder eval]
+
+``--config.a.b=v`` overrides any config key; an unknown key is an error. ``--task`` takes the readable
+names (standard, unseen, orthogonal, obtuse, erase) or the official ones (normal, no_u, square, norm,
+erase). Bad input ends with one error line and exit status 1.
+"""
+import sys
+
+from absl import app, flags, logging
+from ml_collections.config_flags import config_flags
+
+FLAGS = flags.FLAGS
+
+config_flags.DEFINE_config_file('config', None, 'Training configuration (a configs/*.py file).', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Work directory (checkpoints, samples, logs).')
+flags.DEFINE_enum('mode', None, ['train', 'eval'], 'Running mode: train or eval.')
+flags.DEFINE_string('task', 'standard', 'standard|normal, unseen|no_u, orthogonal|square, obtuse|norm, erase.')
+flags.DEFINE_boolean('finetune', False, 'Start from config.training.pretrained instead of from scratch.')
+flags.DEFINE_string('eval_folder', 'eval', 'Folder (inside the work directory) for evaluation results.')
+flags.DEFINE_boolean('progress', True, 'Show progress bars.')
+flags.mark_flags_as_required(['workdir', 'config', 'mode'])
+
+
+def run(argv):
+  del argv
+  import datasets
+  import losses
+  import run_lib
+  import utils
+
+  expected = (ValueError, FileNotFoundError, run_lib.TrainingError,
+              utils.CheckpointError, datasets.DatasetUnavailableError)
+  try:
+    losses.get_task(FLAGS.task)
+    if FLAGS.mode == 'train':
+      run_lib.train(FLAGS.config, FLAGS.workdir, FLAGS.task, FLAGS.finetune, progress=FLAGS.progress)
+    else:
+      import evaluation.run as evaluate
+      evaluate.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.task, FLAGS.eval_folder, progress=FLAGS.progress)
+  except expected as e:
+    logging.error('%s', e)
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  except KeyboardInterrupt:
+    print('interrupted; run the same command again to resume from the last checkpoint', file=sys.stderr)
+    sys.exit(130)
+
+
+if __name__ == '__main__':
+  app.run(run)

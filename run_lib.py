@@ -1,0 +1,345 @@
+"""Training (and, through ``evaluation``, evaluation) of score models with the MSGM objectives.
+
+Work-directory layout (as in score_sde / MSGM):
+  W/config.json                      the resolved config of the first run (later runs that change it add
+                                     config_step<K>.json)
+  W/stdout.txt                       the log (appended)
+  W/checkpoints/checkpoint_K.pth     kept checkpoints, K = step // training.snapshot_freq
+  W/checkpoints-meta/checkpoint.pth  the latest state for resuming, every snapshot_freq_for_preemption steps
+  W/samples/iter_<step>/             snapshot samples
+  W/tensorboard/                     scalars loss, loss_g, loss_f, eval_loss
+Every file is written atomically; nothing already written is overwritten except the resume checkpoint.
+"""
+import json
+import logging as py_logging
+import math
+import os
+import random
+import time
+
+import numpy as np
+import torch
+from absl import logging
+from tqdm import tqdm
+
+import datasets
+import losses
+import sampling
+import sde_lib
+import utils
+from models import utils as mutils
+from models.ema import ExponentialMovingAverage
+
+
+class TrainingError(RuntimeError):
+  """A training run cannot start or cannot go on (bad input, non-finite loss)."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Process-level helpers (rank-aware so that torchrun workers do not write the same files)
+
+
+def is_main_process():
+  return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
+    torch.distributed.get_rank() == 0
+
+
+def resolve_device(name):
+  """'auto' → CUDA when available, else CPU; other names are passed to ``torch.device``."""
+  if name in (None, '', 'auto'):
+    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+  device = torch.device(name)
+  if device.type == 'cuda' and not torch.cuda.is_available():
+    raise TrainingError(f"config.device is '{name}' but CUDA is not available; use 'cpu' or 'auto'")
+  return device
+
+
+def seed_everything(seed):
+  """Seeds Python, numpy and torch (CPU and CUDA) from ``config.seed``."""
+  random.seed(seed)
+  np.random.seed(seed % 2 ** 32)
+  torch.manual_seed(seed)
+
+
+def add_log_file(workdir):
+  """Appends absl log records to ``W/stdout.txt``; returns the handler (remove it when done)."""
+  handler = py_logging.FileHandler(os.path.join(workdir, 'stdout.txt'), mode='a')
+  handler.setFormatter(py_logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
+  logging.get_absl_logger().addHandler(handler)
+  logging.set_verbosity(logging.INFO)
+  return handler
+
+
+def atomic_write_text(path, text):
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _flat(d, prefix=''):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def save_config(config, workdir, step):
+  """Writes W/config.json once; a resumed run with a different config adds config_step<step>.json."""
+  text = utils.config_to_json(config)
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    atomic_write_text(path, text)
+    return
+  with open(path) as f:
+    old = _flat(json.load(f))
+  new = _flat(json.loads(text))
+  changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+  if changed:
+    logging.warning('the config differs from W/config.json in: %s', ', '.join(changed))
+    atomic_write_text(os.path.join(workdir, f'config_step{step}.json'), text)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building blocks shared by training and evaluation
+
+
+def create_state(config, device):
+  """Model (on ``device``), EMA, optimiser and step counter: the dict the checkpoints store."""
+  model = mutils.create_model(config, device)
+  ema = ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
+  optimizer = losses.get_optimizer(config, model.parameters())
+  return dict(model=model, ema=ema, optimizer=optimizer, step=0)
+
+
+def sampling_eps(config, sde):
+  return config.sampling.eps if config.sampling.eps > 0 else sde.default_sampling_eps
+
+
+def sample_with_ema(state, sampling_fn, generator=None, z=None):
+  """Draws samples with the EMA weights (the raw weights are restored afterwards)."""
+  model, ema = state['model'], state['ema']
+  ema.store(model.parameters())
+  ema.copy_to(model.parameters())
+  try:
+    return sampling_fn(model, z=z, generator=generator)
+  finally:
+    ema.restore(model.parameters())
+
+
+def save_samples(samples, folder, is_image, name='sample'):
+  """A PNG grid (images in [0, 1]) or scatter plot (2-D points), and the raw tensor (``.pt``)."""
+  os.makedirs(folder, exist_ok=True)
+  samples = samples.detach().cpu()
+  utils.atomic_torch_save(samples, os.path.join(folder, f'{name}.pt'))
+  png = os.path.join(folder, f'{name}.png')
+  if is_image:
+    import torchvision
+    nrow = int(math.ceil(math.sqrt(samples.shape[0])))
+    torchvision.utils.save_image(samples.clamp(0, 1), png, nrow=nrow, padding=2)
+  elif samples.ndim == 2 and samples.shape[1] == 2:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.5)
+    ax.set_aspect('equal')
+    fig.savefig(png, dpi=100, bbox_inches='tight')
+    plt.close(fig)
+
+
+def rng_state():
+  state = {'torch': torch.get_rng_state()}
+  if torch.cuda.is_available():
+    state['cuda'] = torch.cuda.get_rng_state_all()
+  return state
+
+
+def set_rng_state(state):
+  torch.set_rng_state(state['torch'])
+  if 'cuda' in state and torch.cuda.is_available():
+    torch.cuda.set_rng_state_all(state['cuda'])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training
+
+
+def _check_config(config):
+  t = config.training
+  for key in ('n_iters', 'snapshot_freq', 'log_freq', 'snapshot_freq_for_preemption', 'batch_size'):
+    if int(t[key]) <= 0:
+      raise TrainingError(f'config.training.{key} must be positive, got {t[key]}')
+  if int(t.batch_size_un) <= 0:
+    raise TrainingError(f'config.training.batch_size_un must be positive, got {t.batch_size_un}')
+
+
+def _start_state(config, workdir, finetune, device):
+  """Resume from W/checkpoints-meta, else fine-tune from ``training.pretrained``, else start fresh."""
+  state = create_state(config, device)
+  meta = os.path.join(workdir, 'checkpoints-meta', 'checkpoint.pth')
+  if os.path.exists(meta):
+    utils.restore_checkpoint(meta, state, device)
+    logging.info('resuming from %s at step %d', meta, state['step'])
+    return state, 'resumed'
+  if finetune:
+    path = config.training.pretrained
+    if not path:
+      raise TrainingError('--finetune needs the checkpoint to start from: set --config.training.pretrained=PATH')
+    if not os.path.isfile(path):
+      raise TrainingError(f'--finetune: no checkpoint at config.training.pretrained={path}')
+    file_step = utils.restore_pretrained(path, state['model'], state['ema'], device)
+    logging.info('fine-tuning from %s (trained for %d steps)', path, file_step)
+    return state, 'finetune'
+  return state, 'fresh'
+
+
+def train(config, workdir, task='standard', finetune=False, progress=True):
+  """Trains a score model for ``task`` (see ``losses.TASKS``) in ``workdir``; returns the final state.
+
+  From scratch, by fine-tuning ``config.training.pretrained`` (``finetune``), or resuming from
+  ``W/checkpoints-meta/checkpoint.pth`` when it exists. Raises ``TrainingError`` (or
+  ``utils.CheckpointError``, ``datasets.DatasetUnavailableError``, ``ValueError``) on bad input; a
+  non-finite loss stops the run without writing the bad state.
+  """
+  task = losses.get_task(task)
+  _check_config(config)
+  main = is_main_process()
+  os.makedirs(workdir, exist_ok=True)
+  handler = add_log_file(workdir) if main else None
+  try:
+    return _train(config, workdir, task, finetune, progress and main, main)
+  finally:
+    if handler is not None:
+      logging.get_absl_logger().removeHandler(handler)
+      handler.close()
+
+
+def _train(config, workdir, task, finetune, progress, main):
+  device = resolve_device(config.device)
+  seed_everything(config.seed)
+  sde = sde_lib.get_sde(config)
+  data = datasets.get_dataset(config)
+  logging.info('task %s (official name %s); %s', task.name, task.official_name, data.describe())
+
+  # Build everything that can refuse bad input before anything is written.
+  tc = config.training
+  step_fn = losses.get_msgm_step_fn(sde, True, task, config.unlearn, losses.optimization_manager(config),
+                                    tc.reduce_mean, tc.continuous, tc.likelihood_weighting, tc.eps)
+  eval_step_fn = losses.get_msgm_step_fn(sde, False, task, config.unlearn, None, tc.reduce_mean, tc.continuous,
+                                         tc.likelihood_weighting, tc.eps)
+  scaler = datasets.get_data_scaler(config)
+  inverse_scaler = datasets.get_data_inverse_scaler(config)
+  sampling_fn = None
+  if tc.snapshot_sampling:
+    n = min(int(config.training.get('snapshot_num_samples', 64)), 4096)
+    sampling_fn = sampling.get_sampling_fn(config, sde, (n,) + tuple(data.shape), inverse_scaler,
+                                           sampling_eps(config, sde))
+  state, how = _start_state(config, workdir, finetune, device)
+  if how != 'resumed':
+    state['rng'] = None
+  elif state.get('rng') is not None:
+    set_rng_state(state['rng'])
+
+  if main:
+    save_config(config, workdir, state['step'])
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  meta_path = os.path.join(workdir, 'checkpoints-meta', 'checkpoint.pth')
+
+  retain_part = task.retain_data
+  data_seed = datasets.derive_seed(config.seed, 'train', task.name)
+  # The forget iterator advances only on forget steps, so its position is the number of forget steps so far.
+  forget_every = int(config.unlearn.forget_every)
+  start = int(state['step'])
+  forget_done = 0 if task.forget_term is None else sum(step_fn.needs_forget_batch(s) for s in range(start))
+  retain_iter = data.iterator('train', retain_part, tc.batch_size, data_seed, start_step=start,
+                              num_workers=tc.num_workers)
+  forget_iter = None
+  if task.forget_term is not None:
+    if len(data.train.forget) == 0:
+      raise TrainingError(f'task {task.name} needs forget data, but D_f is empty')
+    forget_iter = data.iterator('train', 'forget', tc.batch_size_un, datasets.derive_seed(data_seed, 'forget'),
+                                start_step=forget_done, num_workers=tc.num_workers)
+  # Evaluation draws its batches and noise from its own streams, so it never shifts the training RNG.
+  evals_done = start // tc.eval_freq if tc.eval_freq > 0 else 0
+  eval_iter = data.iterator('test', retain_part, tc.batch_size, datasets.derive_seed(config.seed, 'eval'),
+                            random_flip=False, uniform_dequantization=False, drop_last=False,
+                            start_step=evals_done)
+  eval_forget_iter = None
+  if task.forget_term is not None and len(data.test.forget) > 0:
+    eval_forget_iter = data.iterator('test', 'forget', tc.batch_size_un, datasets.derive_seed(config.seed, 'eval-f'),
+                                     random_flip=False, uniform_dequantization=False, drop_last=False,
+                                     start_step=evals_done)
+
+  writer = None
+  if main:
+    from torch.utils.tensorboard import SummaryWriter
+    writer = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def batch(iterator):
+    x, _ = next(iterator)
+    return scaler(x.to(device))
+
+  def snapshot(step):
+    state['rng'] = rng_state()
+    utils.save_checkpoint(os.path.join(ckpt_dir, f'checkpoint_{step // tc.snapshot_freq}.pth'),
+                          dict(state, config=config))
+    if sampling_fn is not None:
+      gen = torch.Generator(device=device).manual_seed(datasets.derive_seed(config.seed, 'snapshot', step))
+      samples, nfe = sample_with_ema(state, sampling_fn, generator=gen)
+      save_samples(samples, os.path.join(workdir, 'samples', f'iter_{step}'), data.is_image)
+      logging.info('step %d: %d snapshot samples (%d network evaluations)', step, samples.shape[0], nfe)
+
+  n_iters = int(tc.n_iters)
+  if start >= n_iters:
+    logging.info('nothing to do: the run has already reached step %d of %d', start, n_iters)
+  bar = tqdm(total=n_iters, initial=start, disable=not progress, desc=f'train {task.name}', dynamic_ncols=True)
+  t0, steps_timed = time.time(), 0
+  try:
+    while state['step'] < n_iters:
+      step = int(state['step'])
+      batch_f = batch(forget_iter) if step_fn.needs_forget_batch(step) else None
+      out = step_fn(state, batch(retain_iter), batch_f)
+      done = int(state['step'])
+      steps_timed += 1
+      if not math.isfinite(out['loss'].item()):
+        raise TrainingError(
+          f'the loss became {out["loss"].item()} at step {step} (loss_g {out["loss_g"].item()}, loss_f '
+          f'{out["loss_f"].item()}); stopping without saving it. The last good state is in {meta_path} '
+          f'and {ckpt_dir} (if written): lower optim.lr or unlearn weights and resume.')
+      bar.update(1)
+      if done % tc.log_freq == 0 or done == n_iters:
+        rate = steps_timed / max(time.time() - t0, 1e-9)
+        bar.set_postfix(loss=f'{out["loss"].item():.4g}', steps_per_s=f'{rate:.1f}')
+        msg = f'step {done}: loss {out["loss"].item():.5e}, loss_g {out["loss_g"].item():.5e}'
+        if not math.isnan(out['loss_f'].item()):
+          msg += f', loss_f {out["loss_f"].item():.5e}'
+        logging.info(msg)
+        if writer is not None:
+          for key in ('loss', 'loss_g', 'loss_f'):
+            if not math.isnan(out[key].item()):
+              writer.add_scalar(key, out[key].item(), done)
+      if tc.eval_freq > 0 and done % tc.eval_freq == 0:
+        eval_f = batch(eval_forget_iter) if eval_forget_iter is not None else None
+        if task.forget_term is None or eval_f is not None:
+          gen = torch.Generator(device=device).manual_seed(datasets.derive_seed(config.seed, 'eval-noise', done))
+          ev = eval_step_fn(state, batch(eval_iter), eval_f, generator=gen)
+          logging.info('step %d: eval_loss %.5e', done, ev['loss'].item())
+          if writer is not None:
+            writer.add_scalar('eval_loss', ev['loss'].item(), done)
+      if main and (done % tc.snapshot_freq_for_preemption == 0 or done == n_iters):
+        state['rng'] = rng_state()
+        utils.save_checkpoint(meta_path, dict(state, config=config))
+      if main and done % tc.snapshot_freq == 0:
+        snapshot(done)
+  except KeyboardInterrupt:
+    logging.warning('interrupted at step %d; resume with the same command (from %s)', state['step'], meta_path)
+    raise
+  finally:
+    bar.close()
+    if writer is not None:
+      writer.close()
+  return state
