@@ -67,6 +67,7 @@ def get_base_config():
   data.dataset = 'CIFAR10'
   data.root = './data'                   # where the data sets live (official: data_path)
   data.download = True                   # let torchvision download when online
+  data.debian_datasets_dir = '/usr/share/datasets'  # Debian's dataset-* packages (offline Fashion-MNIST)
   data.image_size = 32
   data.random_flip = True
   data.centered = False                  # [-1, 1] when True, [0, 1] otherwise

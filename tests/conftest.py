@@ -16,6 +16,15 @@ DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.i
                                                                   reason='CUDA is not available'))]
 
 
+@pytest.fixture(scope='session', autouse=True)
+def one_thread():
+  """The tensors in the tests are tiny: one intra-op thread avoids OpenMP waits on a small, busy CPU."""
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(threads)
+
+
 @pytest.fixture(params=DEVICES)
 def device(request):
   return torch.device(request.param)
