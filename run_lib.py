@@ -255,13 +255,21 @@ def _train(config, workdir, task, finetune, progress, main):
   forget_every = int(config.unlearn.forget_every)
   start = int(state['step'])
   forget_done = 0 if task.forget_term is None else sum(step_fn.needs_forget_batch(s) for s in range(start))
-  retain_iter = data.iterator('train', retain_part, tc.batch_size, data_seed, start_step=start,
-                              num_workers=tc.num_workers)
+  def batch_size(part, wanted):
+    n = len(data.train.part(part))
+    if 0 < n < wanted:
+      logging.warning('the %s training data has %d items, fewer than a batch of %d: using batches of %d',
+                      part, n, wanted, n)
+    return min(wanted, n) if n else wanted
+
+  retain_iter = data.iterator('train', retain_part, batch_size(retain_part, tc.batch_size), data_seed,
+                              start_step=start, num_workers=tc.num_workers)
   forget_iter = None
   if task.forget_term is not None:
     if len(data.train.forget) == 0:
       raise TrainingError(f'task {task.name} needs forget data, but D_f is empty')
-    forget_iter = data.iterator('train', 'forget', tc.batch_size_un, datasets.derive_seed(data_seed, 'forget'),
+    forget_iter = data.iterator('train', 'forget', batch_size('forget', tc.batch_size_un),
+                                datasets.derive_seed(data_seed, 'forget'),
                                 start_step=forget_done, num_workers=tc.num_workers)
   # Evaluation draws its batches and noise from its own streams, so it never shifts the training RNG.
   evals_done = start // tc.eval_freq if tc.eval_freq > 0 else 0
@@ -343,3 +351,31 @@ def _train(config, workdir, task, finetune, progress, main):
     if writer is not None:
       writer.close()
   return state
+
+
+def load_ema_model(config, ckpt_path, device):
+  """The network of ``ckpt_path`` with its EMA weights, in eval mode; returns ``(model, state)``."""
+  state = create_state(config, device)
+  state['optimizer'] = None
+  utils.restore_checkpoint(ckpt_path, state, device)
+  state['ema'].copy_to(state['model'].parameters())
+  state['model'].eval()
+  return state['model'], state
+
+
+def latest_checkpoint(workdir):
+  """The path and step of the most advanced checkpoint in W/checkpoints or W/checkpoints-meta (None if none)."""
+  candidates = []
+  folder = os.path.join(workdir, 'checkpoints')
+  if os.path.isdir(folder):
+    candidates += [os.path.join(folder, f) for f in os.listdir(folder)
+                   if f.startswith('checkpoint_') and f.endswith('.pth')]
+  meta = os.path.join(workdir, 'checkpoints-meta', 'checkpoint.pth')
+  if os.path.exists(meta):
+    candidates.append(meta)
+  best = None
+  for path in candidates:
+    step = int(utils.load_file(path).get('step', -1))
+    if best is None or step > best[1]:
+      best = (path, step)
+  return best

@@ -8,22 +8,10 @@ so a "network" returning the exact score (or the noise -σ_t · score for VP/sub
 samplers and the likelihood, whose outputs are then known in closed form. Σ is diagonalised once
 (Σ = U diag(λ) Uᵀ); every Σ_t shares U. Data may have any shape: it is flattened to D = prod(shape).
 """
-import os
-import sys
-
-import pytest
 import torch
 from torch import nn
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:  # lets `pytest tests/` work without installing the project
-  sys.path.insert(0, _ROOT)
-
-import sde_lib  # noqa: E402
-
-#: the devices every test runs on (CUDA skipped when absent).
-DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                 reason='CUDA not available'))]
+import sde_lib
 
 
 def make_sde(name, N=1000):
@@ -44,13 +32,28 @@ def random_covariance(dim, generator, scale=1.):
   return q @ torch.diag(lam) @ q.T
 
 
+class _CountBackward(torch.autograd.Function):
+  """Identity whose backward increments ``owner.backward_calls`` (counts VJPs through the network)."""
+
+  @staticmethod
+  def forward(ctx, x, owner):
+    ctx.owner = owner
+    return x.clone()
+
+  @staticmethod
+  def backward(ctx, grad):
+    ctx.owner.backward_calls += 1
+    return grad, None
+
+
 class GaussianScoreModel(nn.Module):
   """A score "network" ``forward(x, labels)`` that is exact for data N(mean, cov) under ``sde``.
 
   It reads the time from the continuous-time labels like a real network would: VP/sub-VP labels are
   ``999 t`` (then m_t, σ_t come from ``sde.marginal_prob``), VE labels are σ(t) itself (m_t = 1). It
   returns the noise prediction ``-σ_t · score`` when ``sde.predicts_noise`` (VP/sub-VP) and the score
-  otherwise (VE). ``calls`` counts the forwards. Works in the dtype/device of ``x``.
+  otherwise (VE). ``calls`` counts the forwards and ``backward_calls`` the backward passes (VJPs)
+  through it. Works in the dtype/device of ``x``.
   """
 
   def __init__(self, sde, mean, cov):
@@ -63,6 +66,7 @@ class GaussianScoreModel(nn.Module):
     self.register_buffer('lam', lam)
     self.register_buffer('vecs', vecs)
     self.calls = 0
+    self.backward_calls = 0
 
   def scale_and_std(self, labels):
     """m_t and σ_t [B] recovered from the labels."""
@@ -82,10 +86,10 @@ class GaussianScoreModel(nn.Module):
   def forward(self, x, labels):
     self.calls += 1
     m, std = self.scale_and_std(labels.to(x.dtype))
-    score = self.score(x, m, std)
+    out = self.score(x, m, std)
     if self.sde.predicts_noise:
-      return -std.reshape((-1,) + (1,) * (x.ndim - 1)) * score
-    return score
+      out = -std.reshape((-1,) + (1,) * (x.ndim - 1)) * out
+    return _CountBackward.apply(out, self) if torch.is_grad_enabled() else out
 
 
 def marginal(sde, t, mean, cov):

@@ -1,0 +1,220 @@
+"""The paper's 2-D toy (its first table): Standard, Unseen, Orthogonal and Obtuse on the Gaussian mixture.
+
+  python -m experiments.toy_gmm2d --workdir runs/toy [--tasks standard,unseen,orthogonal,obtuse]
+                                  [--config configs/toy/gmm2d.py] [--config.training.n_iters=...]
+
+Trains one model per task in ``W/<task>/`` (a finished run is reused, an interrupted one resumed),
+evaluates the NLL of the held-out D_g and D_f test points with the probability-flow ODE (exact
+divergence), draws samples, and writes ``W/toy_table.md``, ``W/toy_table.csv``, ``W/toy_results.json``
+and ``W/toy_figure.png`` (samples and score field of each model beside the true and retain-only
+densities). NLL is given in nats per sample and on the paper's scale (score_sde's bits/dim for
+uncentred data, ``nats / (2 ln 2) + 8``). Rows "p_data" and "p_g" are the exact densities.
+"""
+import csv
+import json
+import math
+import os
+import sys
+
+import torch
+from absl import app, flags, logging
+from ml_collections.config_flags import config_flags
+
+import datasets
+import likelihood
+import run_lib
+import sampling
+import sde_lib
+import utils
+from evaluation import nll as nll_lib
+from models import utils as mutils
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', 'configs/toy/gmm2d.py', 'The toy configuration.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Folder for the runs, table and figure.')
+flags.DEFINE_string('tasks', 'standard,unseen,orthogonal,obtuse', 'Comma-separated tasks to train and compare.')
+flags.DEFINE_float('field_time', 0.05, 'Time t at which the score fields are drawn.')
+flags.DEFINE_boolean('progress', True, 'Show progress bars.')
+
+PAPER = {'standard': (10.91, 10.73), 'unseen': (10.63, 11.59), 'orthogonal': (10.64, 39.01),
+         'obtuse': (10.64, 39.01)}
+
+
+def paper_scale(nats, dims=2, offset=8.):
+  """score_sde's bits/dim of a continuous density on uncentred data: nats / (D ln 2) + 8."""
+  return nats / (dims * math.log(2.)) + offset
+
+
+def sample_statistics(samples, density):
+  """Share (%) of samples whose most probable component under ``density`` is the centre, and beyond |x| = 8."""
+  post = density.posterior(samples)
+  centre = (post.argmax(dim=1) == 1).double().mean().item() * 100
+  far = (samples.norm(dim=1) > 8).double().mean().item() * 100
+  return {'centre_percent': centre, 'beyond_8_percent': far}
+
+
+def evaluate_run(config, workdir, data, device, progress):
+  """NLL of D_g and D_f test points, samples and their statistics, for the run in ``workdir``."""
+  found = run_lib.latest_checkpoint(workdir)
+  if found is None:
+    raise run_lib.TrainingError(f'no checkpoint in {workdir}')
+  model, state = run_lib.load_ema_model(config, found[0], device)
+  sde = sde_lib.get_sde(config)
+  scaler = datasets.get_data_scaler(config)
+  inverse = datasets.get_data_inverse_scaler(config)
+  ll_fn = likelihood.get_log_likelihood_fn(sde, rtol=config.sampling.ode_rtol, atol=config.sampling.ode_atol,
+                                           method=config.sampling.ode_method, eps=config.training.eps)
+  out = {'checkpoint': found[0], 'step': found[1]}
+  for part in ('retain', 'forget'):
+    out[part] = nll_lib.dataset_nll(ll_fn, model, data.test.part(part), scaler, inverse,
+                                    batch_size=config.eval.batch_size, seed=config.seed, dequantize=False,
+                                    device=device, progress=progress, desc=f'NLL {part}')
+  n = int(config.eval.num_samples)
+  sampling_fn = sampling.get_sampling_fn(config, sde, (n, 2), inverse, run_lib.sampling_eps(config, sde),
+                                         progress=progress)
+  gen = torch.Generator(device=device).manual_seed(datasets.derive_seed(config.seed, 'toy-samples'))
+  with torch.no_grad():
+    samples, nfe = sampling_fn(model, generator=gen)
+  out['samples'] = samples.cpu()
+  out['nfe'] = nfe
+  out.update(sample_statistics(out['samples'], data.density))
+  out['model'] = model
+  out['sde'] = sde
+  return out
+
+
+def analytic_rows(data):
+  test = {part: torch.stack([data.test.part(part)[i][0] for i in range(len(data.test.part(part)))])
+          for part in ('retain', 'forget')}
+  rows = {}
+  for name, density in (('p_data (exact)', data.density),
+                        ('p_g (exact)', data.density.restrict(list(data.retain_indices)))):
+    rows[name] = {part: {'nats': nll_lib.mean_sem(-density.log_prob(x.double()))} for part, x in test.items()}
+    samples, _ = density.sample(int(4000), generator=7)
+    rows[name].update(sample_statistics(samples.double(), data.density))
+  return rows
+
+
+def table_rows(results):
+  rows = []
+  for name, r in results.items():
+    g, f = r['retain']['nats'], r['forget']['nats']
+    rows.append({
+      'model': name,
+      'NLL D_g (nats)': f"{g['mean']:.3f} ± {g['sem']:.3f}",
+      'NLL D_f (nats)': f"{f['mean']:.3f} ± {f['sem']:.3f}",
+      'NLL D_g (paper scale)': f"{paper_scale(g['mean']):.2f}",
+      'NLL D_f (paper scale)': f"{paper_scale(f['mean']):.2f}",
+      'centre samples %': f"{r['centre_percent']:.1f}",
+      'beyond |x|=8 %': f"{r['beyond_8_percent']:.2f}",
+      'paper D_g / D_f': ' / '.join(f'{v:.2f}' for v in PAPER[name]) if name in PAPER else '',
+    })
+  return rows
+
+
+def write_tables(rows, workdir):
+  header = list(rows[0])
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(r[h] for h in header) + ' |' for r in rows]
+  md = '\n'.join(lines) + '\n'
+  run_lib.atomic_write_text(os.path.join(workdir, 'toy_table.md'), md)
+  tmp = os.path.join(workdir, 'toy_table.csv.tmp')
+  with open(tmp, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=header)
+    writer.writeheader()
+    writer.writerows(rows)
+  os.replace(tmp, os.path.join(workdir, 'toy_table.csv'))
+  return md
+
+
+def draw_figure(results, data, config, path, field_time):
+  """Top row: samples; bottom row: the score field at ``field_time`` (arrows normalised, colour = norm)."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  names = list(results)
+  fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 6.4), squeeze=False)
+  grid = torch.linspace(-5, 5, 21, dtype=torch.float64)
+  gx, gy = torch.meshgrid(grid, grid, indexing='xy')
+  points = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
+  sde = sde_lib.get_sde(config)
+  t = torch.full((points.shape[0],), field_time, dtype=torch.float64)
+  mean_coeff, std = sde.marginal_prob(torch.ones(1, 2, dtype=torch.float64), t[:1])
+  for j, name in enumerate(names):
+    r = results[name]
+    if 'density' in r:
+      field = r['density'].perturbed(mean_coeff[0, 0].item(), std[0].item()).score(points)
+    else:
+      model = r['model']
+      score_fn = mutils.get_score_fn(r['sde'], model, train=False, continuous=config.training.continuous)
+      with torch.no_grad():
+        p = next(model.parameters())
+        field = score_fn(points.to(p), t.to(p)).double().cpu()
+    s = r['samples'][:2000]
+    ax = axes[0, j]
+    ax.scatter(s[:, 0], s[:, 1], s=1.5, alpha=0.4)
+    ax.set_xlim(-6, 6)
+    ax.set_ylim(-6, 6)
+    ax.set_aspect('equal')
+    ax.set_title(name, fontsize=10)
+    ax = axes[1, j]
+    norm = field.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    unit = field / norm
+    ax.quiver(points[:, 0], points[:, 1], unit[:, 0], unit[:, 1], norm[:, 0].log(), cmap='viridis', scale=30)
+    ax.set_xlim(-5.5, 5.5)
+    ax.set_ylim(-5.5, 5.5)
+    ax.set_aspect('equal')
+    ax.set_title(f'score at t={field_time}', fontsize=9)
+  fig.tight_layout()
+  tmp = path + '.tmp.png'
+  fig.savefig(tmp, dpi=90)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+def run_toy(config, workdir, tasks, field_time=0.05, progress=True):
+  """Trains (or reuses) each task's run, evaluates all of them, writes the table and the figure."""
+  os.makedirs(workdir, exist_ok=True)
+  device = run_lib.resolve_device(config.device)
+  data = datasets.get_dataset(config, evaluation=True)
+  if data.density is None:
+    raise ValueError(f'the toy experiment needs the GMM2D data set, not {config.data.dataset}')
+  results = {}
+  for name, row in analytic_rows(data).items():
+    row['density'] = data.density if name.startswith('p_data') else data.density.restrict(list(data.retain_indices))
+    row['samples'], _ = row['density'].sample(2000, generator=11)
+    results[name] = row
+  for task in tasks:
+    run_dir = os.path.join(workdir, task)
+    run_lib.train(config, run_dir, task, progress=progress)
+    results[task] = evaluate_run(config, run_dir, data, device, progress)
+  md = write_tables(table_rows(results), workdir)
+  summary = {name: {k: v for k, v in r.items() if k not in ('samples', 'model', 'sde', 'density')}
+             for name, r in results.items()}
+  run_lib.atomic_write_text(os.path.join(workdir, 'toy_results.json'),
+                            json.dumps({'config': json.loads(utils.config_to_json(config)), 'results': summary},
+                                       indent=2, default=float))
+  draw_figure(results, data, config, os.path.join(workdir, 'toy_figure.png'), field_time)
+  return md, results
+
+
+def main(argv):
+  del argv
+  if not FLAGS.workdir:
+    print('error: --workdir is required', file=sys.stderr)
+    sys.exit(1)
+  tasks = [t.strip() for t in FLAGS.tasks.split(',') if t.strip()]
+  try:
+    import losses
+    tasks = [losses.get_task(t).name for t in tasks]
+    md, _ = run_toy(FLAGS.config, FLAGS.workdir, tasks, FLAGS.field_time, FLAGS.progress)
+  except (ValueError, run_lib.TrainingError, utils.CheckpointError) as e:
+    logging.error('%s', e)
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  print(md)
+  print(f'written: {os.path.join(FLAGS.workdir, "toy_table.md")}, toy_table.csv, toy_results.json, toy_figure.png')
+
+
+if __name__ == '__main__':
+  app.run(main)
