@@ -140,6 +140,27 @@ class ReverseSDE:
     return rev_f, rev_G
 
 
+class _DiscreteBetas:
+  """DDPM's β table linspace(β_0/N, β_1/N, N) and α = 1 - β, checked on use: with β_1/N ≥ 1 the discrete
+  steps (DDPM discretisation, ancestral sampling, Langevin step sizes, DDPM training) are undefined,
+  while the continuous-time SDE is fine with any N."""
+
+  def _tables(self):
+    if self.beta_1 / self.N >= 1.:
+      raise ValueError(f'the discrete step β_max/N = {self.beta_1}/{self.N} must be below 1: raise '
+                       'model.num_scales or lower model.beta_max (continuous-time samplers and losses do not '
+                       'need this)')
+    return self._discrete_betas
+
+  @property
+  def discrete_betas(self):
+    return self._tables()
+
+  @property
+  def alphas(self):
+    return 1. - self._tables()
+
+
 class _GaussianPriorMixin:
   """Standard-normal prior N(0, I) shared by VP and sub-VP."""
 
@@ -151,7 +172,7 @@ class _GaussianPriorMixin:
     return -0.5 * n * math.log(2 * math.pi) - 0.5 * sum_flat(z ** 2)
 
 
-class VPSDE(_GaussianPriorMixin, SDE):
+class VPSDE(_DiscreteBetas, _GaussianPriorMixin, SDE):
   """Variance-preserving SDE: dx = -β(t)/2 x dt + sqrt(β(t)) dw, β(t) = β_0 + t (β_1 - β_0).
 
   Its discretisation is DDPM's with betas linspace(β_0/N, β_1/N, N).
@@ -161,9 +182,8 @@ class VPSDE(_GaussianPriorMixin, SDE):
     super().__init__(N)
     self.beta_0 = float(beta_min)
     self.beta_1 = float(beta_max)
-    self.discrete_betas = torch.linspace(self.beta_0 / self.N, self.beta_1 / self.N, self.N, dtype=torch.float64)
-    self.alphas = 1. - self.discrete_betas
-    self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+    self._discrete_betas = torch.linspace(self.beta_0 / self.N, self.beta_1 / self.N, self.N, dtype=torch.float64)
+    self.alphas_cumprod = torch.cumprod(1. - self._discrete_betas, dim=0)
     self.sqrt_alphas_cumprod = torch.sqrt(self.alphas_cumprod)
     self.sqrt_1m_alphas_cumprod = torch.sqrt(1. - self.alphas_cumprod)
 
@@ -197,6 +217,7 @@ class VPSDE(_GaussianPriorMixin, SDE):
 
   def discrete_marginal(self, index):
     """DDPM: x_i = sqrt(ᾱ_i) x_0 + sqrt(1 - ᾱ_i) z."""
+    self._tables()
     ref = torch.empty((), dtype=torch.get_default_dtype())
     return _table(self.sqrt_alphas_cumprod, ref, index), _table(self.sqrt_1m_alphas_cumprod, ref, index)
 
@@ -214,7 +235,7 @@ class VPSDE(_GaussianPriorMixin, SDE):
     return -out / append_dims(std, out.ndim)
 
 
-class subVPSDE(_GaussianPriorMixin, SDE):
+class subVPSDE(_DiscreteBetas, _GaussianPriorMixin, SDE):
   """Sub-VP SDE: dx = -β(t)/2 x dt + sqrt(β(t)(1 - exp(-2∫β))) dw.
 
   Marginal std σ_t = 1 - exp(-∫_0^t β) (the official ``1 - exp(2·log_mean_coeff)``). The network is
@@ -226,8 +247,7 @@ class subVPSDE(_GaussianPriorMixin, SDE):
     super().__init__(N)
     self.beta_0 = float(beta_min)
     self.beta_1 = float(beta_max)
-    self.discrete_betas = torch.linspace(self.beta_0 / self.N, self.beta_1 / self.N, self.N, dtype=torch.float64)
-    self.alphas = 1. - self.discrete_betas
+    self._discrete_betas = torch.linspace(self.beta_0 / self.N, self.beta_1 / self.N, self.N, dtype=torch.float64)
 
   def beta(self, t):
     return self.beta_0 + t * (self.beta_1 - self.beta_0)

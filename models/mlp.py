@@ -7,12 +7,12 @@ from torch import nn
 from models import utils
 
 
-def sinusoidal_embedding(labels, dim, max_positions=10000):
-  """Transformer-style embedding of the (float) time labels [B] -> [B, dim]."""
+def sinusoidal_embedding(labels, dim, max_positions=10000, dtype=torch.float32):
+  """Transformer-style embedding of the (float) time labels [B] -> [B, dim], in ``dtype``."""
   half = dim // 2
-  freqs = torch.exp(-math.log(max_positions) * torch.arange(half, device=labels.device, dtype=torch.float32) /
+  freqs = torch.exp(-math.log(max_positions) * torch.arange(half, device=labels.device, dtype=dtype) /
                     max(half - 1, 1))
-  args = labels.float()[:, None] * freqs[None]
+  args = labels.to(dtype)[:, None] * freqs[None]
   emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
   if dim % 2:
     emb = nn.functional.pad(emb, (0, 1))
@@ -48,7 +48,7 @@ class MLP(nn.Module):
 
   def forward(self, x, labels):
     cond = torch.log(labels) if self.log_labels else labels
-    emb = self.temb(sinusoidal_embedding(cond, self.embedding_dim))
+    emb = self.temb(sinusoidal_embedding(cond, self.embedding_dim, dtype=x.dtype))
     h = x
     for block in self.blocks:
       h = self.act(block['fc'](h) + block['temb'](emb))

@@ -210,3 +210,14 @@ def test_optimization_manager_warmup_and_clip():
   assert opt.param_groups[0]['lr'] == pytest.approx(2e-4 * 0.5)
   assert isinstance(opt.param_groups[0]['lr'], float)
   torch.testing.assert_close(p.grad, torch.tensor([0.6, 0.8, 0.]))
+
+
+def test_too_few_vp_steps_are_refused_where_discrete_steps_are_used():
+  vp = sde_lib.VPSDE(beta_max=20., N=10)
+  vp.sde(torch.zeros(2, 3), torch.full((2,), 0.5))            # continuous time: fine
+  with pytest.raises(ValueError, match='num_scales'):
+    vp.discretize(torch.zeros(2, 3), torch.full((2,), 0.5))
+  with pytest.raises(ValueError, match='num_scales'):
+    losses.get_loss_fn(vp, True, True, continuous=False, likelihood_weighting=False)(LinearNet(), torch.zeros(2, 3))
+  with pytest.raises(ValueError, match='num_scales'):
+    sde_lib.subVPSDE(beta_max=20., N=20).langevin_alpha(torch.full((2,), 0.5))

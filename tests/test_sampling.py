@@ -22,6 +22,7 @@ from gaussian_models import (GaussianScoreModel, flow_map, make_sde, marginal, r
                              sample_moments)
 
 import sampling
+import sde_lib
 from tensor_utils import append_dims
 from configs.default_configs import get_base_config
 
@@ -277,7 +278,7 @@ def test_ode_sampler_reproduces_the_data_distribution(sde_name, solver, device):
   ('euler_maruyama', 'none', 1, 1), ('reverse_diffusion', 'langevin', 2, 3), ('none', 'ald', 3, 3),
   ('ancestral_sampling', 'ald', 1, 2), ('euler_maruyama', 'langevin', 0, 1)])
 def test_pc_nfe_is_the_true_number_of_network_evaluations(predictor, corrector, n_steps, per_step, device):
-  sde = make_sde('vp', N=20)
+  sde = sde_lib.VPSDE(beta_min=0.1, beta_max=10., N=20)   # β_max/N < 1: the DDPM steps are defined
   model = GaussianScoreModel(sde, MEAN, COV).to(device)
   fn = sampling.get_sampling_fn(make_config(predictor=predictor, corrector=corrector, n_steps=n_steps), sde,
                                 (8, 2), identity)
