@@ -2,6 +2,7 @@
 
   python main.py --config configs/toy/gmm2d.py --workdir W --task square --mode train [--finetune]
   python main.py --config configs/toy/gmm2d.py --workdir W --task square --mode eval [--eval_folder eval]
+  python main.py --config configs/mnist/mnist5k_small.py --workdir C --mode train_classifier
 
 ``--config.a.b=v`` overrides any config key; an unknown key is an error. ``--task`` takes the readable
 names (standard, unseen, orthogonal, obtuse, erase) or the official ones (normal, no_u, square, norm,
@@ -16,7 +17,8 @@ FLAGS = flags.FLAGS
 
 config_flags.DEFINE_config_file('config', None, 'Training configuration (a configs/*.py file).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Work directory (checkpoints, samples, logs).')
-flags.DEFINE_enum('mode', None, ['train', 'eval'], 'Running mode: train or eval.')
+flags.DEFINE_enum('mode', None, ['train', 'eval', 'train_classifier'],
+                  'Running mode: train, eval, or train_classifier (the Unlearning-Ratio classifier of the data set).')
 flags.DEFINE_string('task', 'standard', 'standard|normal, unseen|no_u, orthogonal|square, obtuse|norm, erase.')
 flags.DEFINE_boolean('finetune', False, 'Start from config.training.pretrained instead of from scratch.')
 flags.DEFINE_string('eval_folder', 'eval', 'Folder (inside the work directory) for evaluation results.')
@@ -26,6 +28,8 @@ flags.mark_flags_as_required(['workdir', 'config', 'mode'])
 
 def run(argv):
   del argv
+  import os
+
   import datasets
   import losses
   import run_lib
@@ -37,9 +41,19 @@ def run(argv):
     losses.get_task(FLAGS.task)
     if FLAGS.mode == 'train':
       run_lib.train(FLAGS.config, FLAGS.workdir, FLAGS.task, FLAGS.finetune, progress=FLAGS.progress)
+    elif FLAGS.mode == 'eval':
+      from evaluation import run as evaluation_run
+      results = evaluation_run.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.task, FLAGS.eval_folder,
+                                        progress=FLAGS.progress)
+      print(evaluation_run.markdown(results))
     else:
-      import evaluation.run as evaluate
-      evaluate.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.task, FLAGS.eval_folder, progress=FLAGS.progress)
+      from evaluation import classifier
+      path = os.path.join(FLAGS.workdir, classifier.CLASSIFIER_FILENAME)
+      if os.path.exists(path):
+        raise ValueError(f'{path} exists already; remove it or choose another --workdir')
+      os.makedirs(FLAGS.workdir, exist_ok=True)
+      meta = classifier.train_classifier(FLAGS.config, path, progress=FLAGS.progress)
+      print(f"classifier written to {path}: test accuracy {meta['test_accuracy']:.4f}, sha256 {meta['sha256']}")
   except expected as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)

@@ -61,6 +61,9 @@ def get_base_config():
   evaluate.classifier = ''
   evaluate.fid_weights = ''
   evaluate.fid_num_samples = 0           # 0 = eval.num_samples
+  evaluate.classifier_epochs = 0         # --mode train_classifier settings (0 = the classifier's defaults)
+  evaluate.classifier_batch_size = 0
+  evaluate.classifier_lr = 0.
 
   # data
   config.data = data = ml_collections.ConfigDict()

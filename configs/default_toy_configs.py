@@ -10,12 +10,12 @@ def get_default_configs():
   training = config.training
   training.batch_size = 512
   training.batch_size_un = 512
-  training.n_iters = 20000
-  training.snapshot_freq = 20000
-  training.snapshot_freq_for_preemption = 5000
+  training.n_iters = 8000
+  training.snapshot_freq = 8000
+  training.snapshot_freq_for_preemption = 2000
   training.log_freq = 1000
   training.eval_freq = 1000
-  training.snapshot_sampling = True
+  training.snapshot_sampling = False     # the toy experiment draws its own samples after training
   training.snapshot_num_samples = 2000
   training.reduce_mean = True
   evaluate = config.eval

@@ -13,14 +13,7 @@ from tqdm import tqdm
 
 import datasets
 import likelihood
-
-
-def mean_sem(values):
-  """Mean, standard error of the mean (ddof = 1) and count of a 1-D tensor."""
-  values = values.double()
-  n = values.numel()
-  sem = values.std(unbiased=True).item() / math.sqrt(n) if n > 1 else float('nan')
-  return {'mean': values.mean().item(), 'sem': sem, 'n': n}
+from evaluation.stats import mean_sem
 
 
 def dataset_nll(log_likelihood_fn, model, dataset, scaler, inverse_scaler, *, batch_size, seed, num_repeats=1,
@@ -62,8 +55,8 @@ def dataset_nll(log_likelihood_fn, model, dataset, scaler, inverse_scaler, *, ba
   nats = per_item.mean(dim=0)
   bpd = nats / (dims * math.log(2.)) + offset
   return {
-    'bpd': mean_sem(bpd),
-    'nats': mean_sem(nats),
+    'bpd': mean_sem(bpd).to_dict(),
+    'nats': mean_sem(nats).to_dict(),
     'repeats': [(per_item[r] / (dims * math.log(2.)) + offset).mean().item() for r in range(num_repeats)],
     'nfe': sum(nfes) / len(nfes),
   }

@@ -10,6 +10,7 @@ and ``W/toy_figure.png`` (samples and score field of each model beside the true 
 densities). NLL is given in nats per sample and on the paper's scale (score_sde's bits/dim for
 uncentred data, ``nats / (2 ln 2) + 8``). Rows "p_data" and "p_g" are the exact densities.
 """
+import copy
 import csv
 import json
 import math
@@ -21,12 +22,11 @@ from absl import app, flags, logging
 from ml_collections.config_flags import config_flags
 
 import datasets
-import likelihood
 import run_lib
-import sampling
 import sde_lib
 import utils
-from evaluation import nll as nll_lib
+from evaluation.stats import mean_sem
+from evaluation import run as evaluation_run
 from models import utils as mutils
 
 FLAGS = flags.FLAGS
@@ -53,33 +53,19 @@ def sample_statistics(samples, density):
   return {'centre_percent': centre, 'beyond_8_percent': far}
 
 
-def evaluate_run(config, workdir, data, device, progress):
-  """NLL of D_g and D_f test points, samples and their statistics, for the run in ``workdir``."""
-  found = run_lib.latest_checkpoint(workdir)
-  if found is None:
-    raise run_lib.TrainingError(f'no checkpoint in {workdir}')
-  model, state = run_lib.load_ema_model(config, found[0], device)
-  sde = sde_lib.get_sde(config)
-  scaler = datasets.get_data_scaler(config)
-  inverse = datasets.get_data_inverse_scaler(config)
-  ll_fn = likelihood.get_log_likelihood_fn(sde, rtol=config.sampling.ode_rtol, atol=config.sampling.ode_atol,
-                                           method=config.sampling.ode_method, eps=config.training.eps)
-  out = {'checkpoint': found[0], 'step': found[1]}
+def evaluate_run(config, workdir, task, data, progress):
+  """NLL of the D_g and D_f test points (nats and bits/dim), samples and their statistics, through
+  ``evaluation.run.evaluate`` (which also writes W/<task>/eval/results.json)."""
+  cfg = copy.deepcopy(config)
+  ev = cfg.eval
+  ev.enable_bpd, ev.enable_sampling, ev.enable_fid, ev.enable_loss = True, True, False, False
+  ev.begin_ckpt = ev.end_ckpt = 0
+  r = evaluation_run.evaluate(cfg, workdir, task, 'eval', progress=progress, keep_samples=True)
+  out = {'checkpoint': r['checkpoint'], 'step': r['step'], 'nfe': r['sampler']['nfe'],
+         'unlearning_ratio': r['unlearning_ratio'], 'samples': r['samples']}
   for part in ('retain', 'forget'):
-    out[part] = nll_lib.dataset_nll(ll_fn, model, data.test.part(part), scaler, inverse,
-                                    batch_size=config.eval.batch_size, seed=config.seed, dequantize=False,
-                                    device=device, progress=progress, desc=f'NLL {part}')
-  n = int(config.eval.num_samples)
-  sampling_fn = sampling.get_sampling_fn(config, sde, (n, 2), inverse, run_lib.sampling_eps(config, sde),
-                                         progress=progress)
-  gen = torch.Generator(device=device).manual_seed(datasets.derive_seed(config.seed, 'toy-samples'))
-  with torch.no_grad():
-    samples, nfe = sampling_fn(model, generator=gen)
-  out['samples'] = samples.cpu()
-  out['nfe'] = nfe
+    out[part] = {'nats': r['nll_nats'][part], 'bpd': r['nll_bpd'][part]}
   out.update(sample_statistics(out['samples'], data.density))
-  out['model'] = model
-  out['sde'] = sde
   return out
 
 
@@ -89,7 +75,7 @@ def analytic_rows(data):
   rows = {}
   for name, density in (('p_data (exact)', data.density),
                         ('p_g (exact)', data.density.restrict(list(data.retain_indices)))):
-    rows[name] = {part: {'nats': nll_lib.mean_sem(-density.log_prob(x.double()))} for part, x in test.items()}
+    rows[name] = {part: {'nats': mean_sem(-density.log_prob(x.double())).to_dict()} for part, x in test.items()}
     samples, _ = density.sample(int(4000), generator=7)
     rows[name].update(sample_statistics(samples.double(), data.density))
   return rows
@@ -140,16 +126,21 @@ def draw_figure(results, data, config, path, field_time):
   sde = sde_lib.get_sde(config)
   t = torch.full((points.shape[0],), field_time, dtype=torch.float64)
   mean_coeff, std = sde.marginal_prob(torch.ones(1, 2, dtype=torch.float64), t[:1])
-  for j, name in enumerate(names):
+  fields = []
+  for name in names:
     r = results[name]
     if 'density' in r:
       field = r['density'].perturbed(mean_coeff[0, 0].item(), std[0].item()).score(points)
     else:
-      model = r['model']
-      score_fn = mutils.get_score_fn(r['sde'], model, train=False, continuous=config.training.continuous)
+      model, _ = run_lib.load_ema_model(config, r['checkpoint'], 'cpu')
+      score_fn = mutils.get_score_fn(sde, model, train=False, continuous=config.training.continuous)
       with torch.no_grad():
-        p = next(model.parameters())
-        field = score_fn(points.to(p), t.to(p)).double().cpu()
+        field = score_fn(points.float(), t.float()).double()
+    fields.append(field)
+  log_norms = torch.cat([f.norm(dim=1).clamp(min=1e-12).log() for f in fields])
+  colour = matplotlib.colors.Normalize(vmin=log_norms.min().item(), vmax=log_norms.max().item())
+  for j, (name, field) in enumerate(zip(names, fields)):
+    r = results[name]
     s = r['samples'][:2000]
     ax = axes[0, j]
     ax.scatter(s[:, 0], s[:, 1], s=1.5, alpha=0.4)
@@ -160,11 +151,12 @@ def draw_figure(results, data, config, path, field_time):
     ax = axes[1, j]
     norm = field.norm(dim=1, keepdim=True).clamp(min=1e-12)
     unit = field / norm
-    ax.quiver(points[:, 0], points[:, 1], unit[:, 0], unit[:, 1], norm[:, 0].log(), cmap='viridis', scale=30)
+    ax.quiver(points[:, 0], points[:, 1], unit[:, 0], unit[:, 1], norm[:, 0].log(), cmap='viridis', norm=colour,
+              scale=30)
     ax.set_xlim(-5.5, 5.5)
     ax.set_ylim(-5.5, 5.5)
     ax.set_aspect('equal')
-    ax.set_title(f'score at t={field_time}', fontsize=9)
+    ax.set_title(f'score at t={field_time} (colour: log norm)', fontsize=8)
   fig.tight_layout()
   tmp = path + '.tmp.png'
   fig.savefig(tmp, dpi=90)
@@ -175,7 +167,6 @@ def draw_figure(results, data, config, path, field_time):
 def run_toy(config, workdir, tasks, field_time=0.05, progress=True):
   """Trains (or reuses) each task's run, evaluates all of them, writes the table and the figure."""
   os.makedirs(workdir, exist_ok=True)
-  device = run_lib.resolve_device(config.device)
   data = datasets.get_dataset(config, evaluation=True)
   if data.density is None:
     raise ValueError(f'the toy experiment needs the GMM2D data set, not {config.data.dataset}')
@@ -187,9 +178,9 @@ def run_toy(config, workdir, tasks, field_time=0.05, progress=True):
   for task in tasks:
     run_dir = os.path.join(workdir, task)
     run_lib.train(config, run_dir, task, progress=progress)
-    results[task] = evaluate_run(config, run_dir, data, device, progress)
+    results[task] = evaluate_run(config, run_dir, task, data, progress)
   md = write_tables(table_rows(results), workdir)
-  summary = {name: {k: v for k, v in r.items() if k not in ('samples', 'model', 'sde', 'density')}
+  summary = {name: {k: v for k, v in r.items() if k not in ('samples', 'density')}
              for name, r in results.items()}
   run_lib.atomic_write_text(os.path.join(workdir, 'toy_results.json'),
                             json.dumps({'config': json.loads(utils.config_to_json(config)), 'results': summary},

@@ -1,0 +1,298 @@
+"""Paper-style tables (MSGM Table 1) from several runs' evaluation results.
+
+    python -m evaluation.report W1 W2 ... [--out DIR] [--name table1] [--eval_folder eval]
+
+reads ``W/<eval_folder>/results.json`` of every work directory and prints one table, also written to
+``DIR/<name>.md`` (Markdown) and ``DIR/<name>.csv``. Rows: the Unlearning Ratio (%) of each forget set,
+NLL on D_g and on D_f (bits/dim), FID (against D_g). Columns: the runs' tasks in the paper's order
+Standard / Ort / Obt / Unseen / EraseDiff when every run names a known task and no two runs share
+(data set, forget set, task); otherwise one column per run (named after its work directory). With
+several forget sets the NLL and FID rows are given per forget set, with several data sets every row
+names its data set. Markdown cells show the uncertainty (UR: 95 % Wilson interval; NLL: ± SEM); the
+CSV gives the numbers unrounded, with the uncertainties in their own rows. Missing values are "—"
+(Markdown) or empty (CSV).
+
+results.json (written by ``--mode eval``)::
+
+  {"task", "dataset", "forget", "checkpoint", "step",
+   "unlearning_ratio": {"percent", "ci95", "num_samples", "class_histogram"} | null,
+   "nll_bpd": {"retain": {"mean", "sem", "n"}, "forget": {"mean", "sem", "n"}} | null,
+   "fid": {"value", "backend", "num_samples", "reference"} | null,
+   "sampler": {...}, "classifier": {"path", "sha256", "test_accuracy"}}
+"""
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+from typing import List, Optional, Sequence
+
+RESULTS_FILENAME = 'results.json'
+#: the paper's column order and names; keys are the readable task names of ``losses.TASKS``.
+TASK_ORDER = ('standard', 'orthogonal', 'obtuse', 'unseen', 'erase')
+TASK_DISPLAY = {'standard': 'Standard', 'orthogonal': 'Ort', 'obtuse': 'Obt', 'unseen': 'Unseen',
+                'erase': 'EraseDiff'}
+#: official (``--task``) and display names of the tasks.
+TASK_ALIASES = {'normal': 'standard', 'no_u': 'unseen', 'square': 'orthogonal', 'norm': 'obtuse',
+                'ort': 'orthogonal', 'obt': 'obtuse', 'erasediff': 'erase'}
+MISSING = '—'
+
+
+class ReportError(ValueError):
+  """A results file is missing or malformed, or the command line is wrong."""
+
+
+@dataclasses.dataclass
+class Cell:
+  """One value with its uncertainty: ``lo``/``hi`` (an interval) or ``sem``."""
+  value: Optional[float] = None
+  lo: Optional[float] = None
+  hi: Optional[float] = None
+  sem: Optional[float] = None
+
+
+@dataclasses.dataclass
+class Row:
+  label: str
+  metric: str   # 'unlearning_ratio' | 'nll_retain' | 'nll_forget' | 'fid'
+  cells: List[Cell]
+
+
+@dataclasses.dataclass
+class Table:
+  columns: List[str]
+  rows: List[Row]
+  runs: List[dict]   # per run: {'column', 'workdir', 'results'}
+
+
+def canonical_task(name) -> Optional[str]:
+  """``'square'`` / ``'Ort'`` / ``'orthogonal'`` -> ``'orthogonal'``; None for an unknown task."""
+  if not isinstance(name, str):
+    return None
+  key = name.strip().lower().replace('-', '_')
+  key = TASK_ALIASES.get(key, key)
+  return key if key in TASK_DISPLAY else None
+
+
+def load_results(workdir: str, eval_folder: str = 'eval') -> dict:
+  """The parsed ``workdir/eval_folder/results.json``; ``ReportError`` naming the path if absent or bad."""
+  path = os.path.join(workdir, eval_folder, RESULTS_FILENAME)
+  if not os.path.isfile(path):
+    raise ReportError(f'no evaluation results at {path}: run  python main.py --config <config> --workdir '
+                      f'{workdir} --mode eval --eval_folder {eval_folder}  first (or pass --eval_folder)')
+  try:
+    with open(path) as f:
+      results = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ReportError(f'cannot read {path}: {e}') from None
+  if not isinstance(results, dict):
+    raise ReportError(f'{path} does not hold a results object (found {type(results).__name__})')
+  return results
+
+
+def forget_label(forget) -> str:
+  """A forget set as text: ``['3', '7']`` -> ``'3, 7'``; a string is kept."""
+  if forget is None:
+    return '?'
+  if isinstance(forget, (list, tuple)):
+    return ', '.join(str(f) for f in forget)
+  return str(forget)
+
+
+def _num(x) -> Optional[float]:
+  if isinstance(x, bool) or not isinstance(x, (int, float)):
+    return None
+  return None if math.isnan(x) else float(x)
+
+
+def _get(d, *keys):
+  for k in keys:
+    if not isinstance(d, dict):
+      return None
+    d = d.get(k)
+  return d
+
+
+def _cell(results: dict, metric: str) -> Cell:
+  if metric == 'unlearning_ratio':
+    ci = _get(results, 'unlearning_ratio', 'ci95') or [None, None]
+    ci = list(ci) + [None] * (2 - len(ci)) if isinstance(ci, (list, tuple)) else [None, None]
+    return Cell(_num(_get(results, 'unlearning_ratio', 'percent')), _num(ci[0]), _num(ci[1]))
+  if metric in ('nll_retain', 'nll_forget'):
+    part = metric.split('_')[1]
+    return Cell(_num(_get(results, 'nll_bpd', part, 'mean')), sem=_num(_get(results, 'nll_bpd', part, 'sem')))
+  return Cell(_num(_get(results, 'fid', 'value')))
+
+
+def _run_names(workdirs: Sequence[str]) -> List[str]:
+  """Column names: each work directory's base name, or its path where base names repeat."""
+  base = [os.path.basename(os.path.normpath(w)) or w for w in workdirs]
+  return [b if base.count(b) == 1 else os.path.normpath(w) for b, w in zip(base, workdirs)]
+
+
+def build_table(runs: Sequence[dict], names: Optional[Sequence[str]] = None) -> Table:
+  """Lays out ``runs`` (each a results dict) as in the paper's Table 1; ``names``: the runs' column
+  names when columns cannot be the tasks (default ``run1``, ``run2``, ...)."""
+  if not runs:
+    raise ReportError('no runs to report')
+  names = list(names) if names is not None else [f'run{i + 1}' for i in range(len(runs))]
+  tasks = [canonical_task(r.get('task')) for r in runs]
+  groups = [(str(r.get('dataset', '?')), forget_label(r.get('forget'))) for r in runs]
+  by_task = all(t is not None for t in tasks) and len(set(zip(groups, tasks))) == len(runs)
+  if by_task:
+    present = [t for t in TASK_ORDER if t in tasks]
+    columns = [TASK_DISPLAY[t] for t in present]
+    column_of = [present.index(t) for t in tasks]
+  else:
+    columns = list(names)
+    column_of = list(range(len(runs)))
+
+  datasets_seen = list(dict.fromkeys(g[0] for g in groups))
+  forgets = {d: sorted(dict.fromkeys(f for g_d, f in groups if g_d == d),
+                       key=lambda f: (f.count(',') + 1, [f2 for _, f2 in groups].index(f)))
+             for d in datasets_seen}
+  rows = []
+  for d in datasets_seen:
+    prefix = f'{d}: ' if len(datasets_seen) > 1 else ''
+    per_forget = len(forgets[d]) > 1
+    specs = [('unlearning_ratio', f'Unlearning Ratio (%) — forget {f}', f) for f in forgets[d]]
+    for metric, label in (('nll_retain', 'NLL D_g (bits/dim)'), ('nll_forget', 'NLL D_f (bits/dim)'),
+                          ('fid', 'FID (D_g)')):
+      specs += [(metric, f'{label} — forget {f}' if per_forget else label, f) for f in forgets[d]]
+    for metric, label, f in specs:
+      cells = [Cell() for _ in columns]
+      for run, group, col in zip(runs, groups, column_of):
+        if group == (d, f):
+          cells[col] = _cell(run, metric)
+      rows.append(Row(prefix + label, metric, cells))
+  info = [{'column': columns[c], 'name': n, 'results': r} for r, n, c in zip(runs, names, column_of)]
+  return Table(columns, rows, info)
+
+
+def _fmt(cell: Cell, metric: str) -> str:
+  if cell.value is None:
+    return MISSING
+  if metric == 'unlearning_ratio':
+    text = f'{cell.value:.1f}'
+    if cell.lo is not None and cell.hi is not None:
+      text += f' [{cell.lo:.1f}, {cell.hi:.1f}]'
+    return text
+  if metric.startswith('nll'):
+    return f'{cell.value:.2f}' + (f' ± {cell.sem:.2f}' if cell.sem is not None else '')
+  return f'{cell.value:.2f}'
+
+
+def _run_note(info: dict) -> str:
+  r = info['results']
+  bits = [f"**{info['column']}** ({info['name']}): task {r.get('task', '?')}, {r.get('dataset', '?')}, forget "
+          f"{forget_label(r.get('forget'))}"]
+  if r.get('checkpoint') is not None or r.get('step') is not None:
+    bits.append(f"checkpoint {r.get('checkpoint', '?')} (step {r.get('step', '?')})")
+  s = r.get('sampler')
+  if isinstance(s, dict) and s:
+    bits.append('sampler ' + ' '.join(f'{k}={s[k]}' for k in ('method', 'predictor', 'corrector', 'steps', 'nfe')
+                                      if s.get(k) is not None))
+  ur = r.get('unlearning_ratio')
+  if isinstance(ur, dict) and ur.get('num_samples') is not None:
+    bits.append(f"UR on {ur['num_samples']} samples")
+  c = r.get('classifier')
+  if isinstance(c, dict) and c:
+    sha = str(c.get('sha256') or '')[:12] or 'exact'
+    acc = _num(c.get('test_accuracy'))
+    bits.append(f'classifier {sha}' + (f' (test accuracy {100 * acc:.2f} %)' if acc is not None else ''))
+  fid = r.get('fid')
+  if isinstance(fid, dict) and fid.get('value') is not None:
+    bits.append(f"FID {fid.get('backend', '?')} on {fid.get('num_samples', '?')} samples")
+  nll = r.get('nll_bpd')
+  if isinstance(nll, dict):
+    ns = [f"{p} n={_get(nll, p, 'n')}" for p in ('retain', 'forget') if _get(nll, p, 'n') is not None]
+    if ns:
+      bits.append('NLL ' + ', '.join(ns))
+  return '- ' + '; '.join(bits)
+
+
+def to_markdown(table: Table, notes: bool = True) -> str:
+  """The table in GitHub Markdown, followed (``notes``) by one line per run."""
+  header = ['Metric'] + table.columns
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(['---'] + [':---:'] * len(table.columns)) + '|']
+  for row in table.rows:
+    lines.append('| ' + ' | '.join([row.label] + [_fmt(c, row.metric) for c in row.cells]) + ' |')
+  text = '\n'.join(lines) + '\n'
+  if notes:
+    text += ('\nUnlearning Ratio: % of generated samples classified into the forget set, with its 95 % Wilson '
+             'interval (lower is better). NLL: bits/dim ± standard error. FID against D_g.\n\n')
+    text += '\n'.join(_run_note(i) for i in table.runs) + '\n'
+  return text
+
+
+def _csv_num(x: Optional[float]) -> str:
+  return '' if x is None else f'{x:.10g}'
+
+
+def to_csv(table: Table) -> str:
+  """The table as CSV: ``metric`` then one column per table column; uncertainty rows follow their
+  value row (``… ci95_lo``, ``… ci95_hi`` for the UR, ``… sem`` for the NLL)."""
+  buf = io.StringIO()
+  w = csv.writer(buf, lineterminator='\n')
+  w.writerow(['metric'] + table.columns)
+  for row in table.rows:
+    w.writerow([row.label] + [_csv_num(c.value) for c in row.cells])
+    if row.metric == 'unlearning_ratio':
+      w.writerow([row.label + ' ci95_lo'] + [_csv_num(c.lo) for c in row.cells])
+      w.writerow([row.label + ' ci95_hi'] + [_csv_num(c.hi) for c in row.cells])
+    elif row.metric.startswith('nll'):
+      w.writerow([row.label + ' sem'] + [_csv_num(c.sem) for c in row.cells])
+  return buf.getvalue()
+
+
+def _atomic_write(path: str, text: str) -> None:
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix='.tmp-', dir=folder)
+  try:
+    with os.fdopen(fd, 'w', encoding='utf-8') as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def report(workdirs: Sequence[str], out_dir: Optional[str] = '.', eval_folder: str = 'eval',
+           name: str = 'table1') -> Table:
+  """Reads the runs, builds the table and writes ``out_dir/<name>.md`` and ``.csv`` (not when
+  ``out_dir`` is None); returns the table."""
+  runs = [load_results(w, eval_folder) for w in workdirs]
+  table = build_table(runs, _run_names(workdirs))
+  if out_dir is not None:
+    _atomic_write(os.path.join(out_dir, name + '.md'), to_markdown(table))
+    _atomic_write(os.path.join(out_dir, name + '.csv'), to_csv(table))
+  return table
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(
+    prog='python -m evaluation.report',
+    description="Collects runs' evaluation results into one table (MSGM Table 1 layout).")
+  parser.add_argument('workdirs', nargs='+', help='work directories of evaluated runs')
+  parser.add_argument('--out', default='.', help='folder for <name>.md and <name>.csv (default: .)')
+  parser.add_argument('--name', default='table1', help='file name stem (default: table1)')
+  parser.add_argument('--eval_folder', default='eval', help='results folder inside each work directory')
+  args = parser.parse_args(argv)
+  try:
+    table = report(args.workdirs, args.out, args.eval_folder, args.name)
+  except ReportError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  print(to_markdown(table))
+  print(f'written: {os.path.join(args.out, args.name)}.md and .csv', file=sys.stderr)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

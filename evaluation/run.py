@@ -1,0 +1,240 @@
+"""``--mode eval``: Unlearning Ratio, NLL on D_g and D_f, FID and the evaluation loss of trained checkpoints.
+
+For each checkpoint (``config.eval.begin_ckpt … end_ckpt``, the indices K of W/checkpoints/checkpoint_K.pth
+as in the official code, or the latest checkpoint when both are 0), with the EMA weights:
+  * ``eval.enable_bpd``: NLL of the D_g and D_f parts of ``eval.bpd_dataset`` (bits/dim; images are
+    dequantised the same way for both; ``eval.bpd_num_repeats`` passes; mean and SEM over items);
+  * ``eval.enable_sampling``: ``eval.num_samples`` samples with the config's sampler (each image's
+    starting noise seeded by its index, so results do not depend on the batch size), sample grids, and
+    the Unlearning Ratio (share classified as a forget class, Wilson 95% interval, class histogram)
+    with the classifier of ``eval.classifier`` (the exact posterior for GMM2D);
+  * ``eval.enable_fid``: FID of the samples against the retained test data;
+  * ``eval.enable_loss``: the task's loss on test batches.
+Everything the evaluation needs (checkpoints, classifier, FID network) is checked before anything is
+written. Results: ``W/<eval_folder>/results.json`` (the last checkpoint), ``results_<step>.json`` (each),
+``results.md``, ``samples_<step>.png`` and TensorBoard scalars in ``W/<eval_folder>/tensorboard``.
+"""
+import json
+import os
+
+import torch
+from absl import logging
+
+import datasets
+import likelihood
+import losses
+import run_lib
+import sampling
+import sde_lib
+import utils
+from evaluation import classifier as classifier_lib
+from evaluation import fid as fid_lib
+from evaluation import nll as nll_lib
+from evaluation import unlearning_ratio as ur_lib
+
+
+class EvaluationError(ValueError):
+  """The evaluation cannot run (missing checkpoint, classifier, data)."""
+
+
+def checkpoints_to_evaluate(config, workdir):
+  """``[(path, step)]``: the official range of kept checkpoints, or the latest checkpoint."""
+  begin, end = int(config.eval.begin_ckpt), int(config.eval.end_ckpt)
+  if begin == 0 and end == 0:
+    found = run_lib.latest_checkpoint(workdir)
+    if found is None:
+      raise EvaluationError(f'no checkpoint in {workdir}/checkpoints or {workdir}/checkpoints-meta: train first '
+                            '(--mode train) or point --workdir at a trained run')
+    return [found]
+  if end < begin:
+    raise EvaluationError(f'config.eval.end_ckpt ({end}) is smaller than config.eval.begin_ckpt ({begin})')
+  paths = [os.path.join(workdir, 'checkpoints', f'checkpoint_{k}.pth') for k in range(begin, end + 1)]
+  missing = [p for p in paths if not os.path.isfile(p)]
+  if missing:
+    raise EvaluationError(f'missing checkpoints for eval.begin_ckpt..end_ckpt = {begin}..{end}: '
+                          f'{", ".join(missing)}')
+  return [(p, int(utils.load_file(p).get('step', -1))) for p in paths]
+
+
+def generate_samples(config, sde, model, shape, inverse_scaler, device, progress):
+  """``eval.num_samples`` samples in batches of ``eval.batch_size``; returns (samples [N, ...] on the CPU, nfe).
+
+  The prior draw of sample i uses a generator seeded from (seed, i), so the starting noise of every
+  sample is independent of the batch size; a deterministic sampler (probability-flow PC) then gives the
+  same samples for any batch size, the adaptive ODE solver the same up to its tolerance (its step size
+  is shared by a batch).
+  """
+  n, bs = int(config.eval.num_samples), int(config.eval.batch_size)
+  out, nfe = [], 0
+  for start in range(0, n, bs):
+    size = min(bs, n - start)
+    z = torch.stack([sde.prior_sampling(shape, generator=torch.Generator().manual_seed(
+      datasets.derive_seed(config.seed, 'sample', start + i))) for i in range(size)]).to(device)
+    fn = sampling.get_sampling_fn(config, sde, (size,) + tuple(shape), inverse_scaler,
+                                  run_lib.sampling_eps(config, sde), progress=progress)
+    gen = torch.Generator(device=device).manual_seed(datasets.derive_seed(config.seed, 'sampler', start))
+    with torch.no_grad():
+      x, k = fn(model, z=z, generator=gen)
+    out.append(x.cpu())
+    nfe += k
+  return torch.cat(out), nfe
+
+
+def eval_loss(config, sde, task, state, data, device):
+  """The task's loss (α L_g + (1 − α) L_f, EMA weights) averaged over up to 10 test batches."""
+  tc = config.training
+  step_fn = losses.get_msgm_step_fn(sde, False, task, config.unlearn, None, tc.reduce_mean, tc.continuous,
+                                    tc.likelihood_weighting, tc.eps)
+  scaler = datasets.get_data_scaler(config)
+  seed = datasets.derive_seed(config.seed, 'eval-loss')
+  it_g = data.iterator('test', task.retain_data, tc.batch_size, seed, drop_last=False, infinite=False)
+  it_f = data.iterator('test', 'forget', tc.batch_size_un, seed, drop_last=False) \
+    if task.forget_term is not None and len(data.test.forget) else None
+  totals = {'loss': 0., 'loss_g': 0., 'loss_f': 0.}
+  count = 0
+  for i, (x, _) in enumerate(it_g):
+    if i == 10:
+      break
+    batch_f = scaler(next(it_f)[0].to(device)) if it_f is not None else None
+    if task.forget_term is not None and batch_f is None:
+      break
+    gen = torch.Generator(device=device).manual_seed(datasets.derive_seed(seed, i))
+    out = step_fn(state, scaler(x.to(device)), batch_f, generator=gen)
+    for k in totals:
+      totals[k] += out[k].item()
+    count += 1
+  return {k: v / max(count, 1) for k, v in totals.items()}
+
+
+def markdown(results):
+  """A short Markdown summary of one results dict."""
+  lines = [f"# Evaluation of {results['task']} on {results['dataset']} (forget {results['forget']})", '',
+           f"checkpoint `{results['checkpoint']}` (step {results['step']})", '', '| metric | value |', '|---|---|']
+  ur = results.get('unlearning_ratio')
+  if ur:
+    lo, hi = ur['ci95']
+    lines.append(f"| Unlearning Ratio % (↓) | {ur['percent']:.2f} [{lo:.2f}, {hi:.2f}] of {ur['num_samples']} |")
+  nll = results.get('nll_bpd')
+  if nll:
+    for part, name in (('retain', 'D_g (↓)'), ('forget', 'D_f (↑)')):
+      lines.append(f"| NLL {name} bits/dim | {nll[part]['mean']:.4f} ± {nll[part]['sem'] or 0:.4f} (n={nll[part]['n']}) |")
+  nats = results.get('nll_nats')
+  if nats:
+    for part in ('retain', 'forget'):
+      lines.append(f"| NLL {part} nats | {nats[part]['mean']:.4f} ± {nats[part]['sem'] or 0:.4f} |")
+  fid = results.get('fid')
+  if fid:
+    lines.append(f"| FID of D_g (↓) | {fid['value']:.3f} ({fid['backend']}, {fid['num_samples']} samples) |")
+  if results.get('loss'):
+    lines.append(f"| eval loss | {results['loss']['loss']:.5g} |")
+  s = results.get('sampler')
+  if s:
+    lines.append(f"| sampler | {s['method']} {s['predictor']}/{s['corrector']}, nfe {s['nfe']} |")
+  return '\n'.join(lines) + '\n'
+
+
+def evaluate(config, workdir, task='standard', eval_folder='eval', progress=True, keep_samples=False):
+  """Evaluates the run in ``workdir``; returns the results of the last checkpoint evaluated (a dict).
+
+  ``keep_samples`` adds the samples tensor under ``'samples'`` of the returned dict (not written to JSON).
+  """
+  task = losses.get_task(task)
+  device = run_lib.resolve_device(config.device)
+  run_lib.seed_everything(config.seed)
+  ev = config.eval
+  data = datasets.get_dataset(config, evaluation=True)
+  sde = sde_lib.get_sde(config)
+  ckpts = checkpoints_to_evaluate(config, workdir)
+  sampling_on = bool(ev.enable_sampling or ev.enable_fid)
+  if sampling_on:
+    # Refuse bad sampler settings before anything runs.
+    sampling.get_sampling_fn(config, sde, (1,) + tuple(data.shape), lambda x: x, run_lib.sampling_eps(config, sde))
+  classifier = classifier_lib.get_classifier(config, device, data=data) if ev.enable_sampling else None
+  features_fn = fid_lib.get_inception_features(config, device) if ev.enable_fid else None
+  if ev.enable_fid and not data.is_image:
+    raise EvaluationError(f'FID needs image data; {data.name} is not')
+  if ev.enable_bpd:
+    split = data.split(ev.bpd_dataset)
+    if not len(split.retain) or not len(split.forget):
+      raise EvaluationError(f'the {ev.bpd_dataset} split has an empty D_g or D_f: nothing to measure')
+
+  out_dir = os.path.join(workdir, eval_folder)
+  os.makedirs(out_dir, exist_ok=True)
+  writer = None
+  if run_lib.is_main_process():
+    from torch.utils.tensorboard import SummaryWriter
+    writer = SummaryWriter(os.path.join(out_dir, 'tensorboard'))
+  handler = run_lib.add_log_file(out_dir)
+  scaler = datasets.get_data_scaler(config)
+  inverse = datasets.get_data_inverse_scaler(config)
+  results = None
+  try:
+    for path, step in ckpts:
+      logging.info('evaluating %s (step %d)', path, step)
+      model, state = run_lib.load_ema_model(config, path, device)
+      results = {'task': task.name, 'dataset': data.name, 'forget': list(data.forget_names), 'checkpoint': path,
+                 'step': step, 'unlearning_ratio': None, 'nll_bpd': None, 'fid': None, 'sampler': None,
+                 'classifier': classifier.describe() if classifier is not None else None}
+      if ev.enable_loss:
+        results['loss'] = eval_loss(config, sde, task, state, data, device)
+      if ev.enable_bpd:
+        ll_fn = likelihood.get_log_likelihood_fn(sde, rtol=config.sampling.ode_rtol, atol=config.sampling.ode_atol,
+                                                 method=config.sampling.ode_method, eps=config.training.eps,
+                                                 solver=config.sampling.ode_solver)
+        nll = {}
+        for part in ('retain', 'forget'):
+          nll[part] = nll_lib.dataset_nll(ll_fn, model, data.split(ev.bpd_dataset).part(part), scaler, inverse,
+                                          batch_size=ev.batch_size, seed=datasets.derive_seed(config.seed, 'bpd'),
+                                          num_repeats=ev.bpd_num_repeats, dequantize=data.is_image,
+                                          max_items=ev.bpd_num_samples, device=device, progress=progress,
+                                          desc=f'NLL {part}')
+        results['nll_bpd'] = {part: nll[part]['bpd'] for part in nll}
+        if not data.is_image:
+          results['nll_nats'] = {part: nll[part]['nats'] for part in nll}
+      if sampling_on:
+        samples, nfe = generate_samples(config, sde, model, data.shape, inverse, device, progress)
+        s = config.sampling
+        results['sampler'] = {'method': s.method, 'predictor': s.predictor, 'corrector': s.corrector,
+                              'steps': sde.N if s.method == 'pc' else None, 'nfe': nfe}
+        run_lib.save_samples(samples[:64], out_dir, data.is_image, name=f'samples_{step}')
+        if classifier is not None:
+          results['unlearning_ratio'] = ur_lib.unlearning_ratio_of_samples(samples, classifier, data.forget_indices)
+        if features_fn is not None:
+          k = int(ev.fid_num_samples) or len(samples)
+          results['fid'] = fid_lib.fid_of_samples(samples[:k], data, features_fn, fid_lib.default_cache_dir(config),
+                                                  'test', 'retain', progress=progress)
+        if keep_samples:
+          results['samples'] = samples
+      _write(results, out_dir, step, writer)
+  finally:
+    if writer is not None:
+      writer.close()
+    logging.get_absl_logger().removeHandler(handler)
+    handler.close()
+  return results
+
+
+def _scalars(results):
+  out = {}
+  if results.get('unlearning_ratio'):
+    out['unlearning_ratio'] = results['unlearning_ratio']['percent']
+  if results.get('nll_bpd'):
+    out['bpd_retain'] = results['nll_bpd']['retain']['mean']
+    out['bpd_forget'] = results['nll_bpd']['forget']['mean']
+  if results.get('fid'):
+    out['fid'] = results['fid']['value']
+  if results.get('loss'):
+    out['eval_loss'] = results['loss']['loss']
+  return out
+
+
+def _write(results, out_dir, step, writer):
+  serial = {k: v for k, v in results.items() if k != 'samples'}
+  text = json.dumps(serial, indent=2, default=float)
+  run_lib.atomic_write_text(os.path.join(out_dir, f'results_{step}.json'), text)
+  run_lib.atomic_write_text(os.path.join(out_dir, 'results.json'), text)
+  run_lib.atomic_write_text(os.path.join(out_dir, 'results.md'), markdown(serial))
+  for key, value in _scalars(results).items():
+    logging.info('step %d: %s = %.5g', step, key, value)
+    if writer is not None:
+      writer.add_scalar(key, value, step)

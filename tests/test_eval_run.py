@@ -1,0 +1,199 @@
+"""--mode eval end to end (toy and tiny images), dataset NLL against an exact Gaussian, and the CLI's refusals."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import datasets
+import likelihood
+import run_lib
+from configs.default_configs import get_base_config
+from configs.toy.gmm2d import get_config as toy_config
+from evaluation import classifier as C
+from evaluation import fid as fid_lib
+from evaluation import nll as nll_lib
+from evaluation import run as E
+from gaussian_models import GaussianScoreModel, log_density, make_sde
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCHEMA = {'task', 'dataset', 'forget', 'checkpoint', 'step', 'unlearning_ratio', 'nll_bpd', 'fid', 'sampler',
+          'classifier'}
+
+
+def tiny_toy(n_iters=30):
+  config = toy_config()
+  t = config.training
+  t.n_iters, t.snapshot_freq, t.snapshot_freq_for_preemption, t.log_freq, t.eval_freq = n_iters, n_iters, n_iters, 10, 0
+  config.model.hidden_dims = (32, 32)
+  config.model.num_scales = 100
+  config.data.num_train, config.data.num_test = 1000, 200
+  config.eval.num_samples, config.eval.batch_size = 300, 128
+  config.sampling.ode_rtol = config.sampling.ode_atol = 1e-3
+  config.device = 'cpu'
+  return config
+
+
+def test_dataset_nll_of_exact_gaussian_model():
+  """Continuous data, exact score: the ODE NLL equals -log N(x) averaged over the points (within 1%)."""
+  mean, cov = torch.tensor([0.5, -1.]), torch.tensor([[1.0, 0.3], [0.3, 0.5]])
+  sde = make_sde('vp')
+  x = mean + torch.randn(200, 2, generator=torch.Generator().manual_seed(0)) @ torch.linalg.cholesky(cov).T
+  dataset = datasets.TensorPairDataset(x, torch.zeros(200, dtype=torch.long))
+  ll_fn = likelihood.get_log_likelihood_fn(sde, eps=1e-5)
+  ident = lambda v: v  # noqa: E731
+  got = nll_lib.dataset_nll(ll_fn, GaussianScoreModel(sde, mean, cov), dataset, ident, ident, batch_size=64,
+                            seed=1, dequantize=False)
+  exact = -log_density(x, mean, cov).mean().item()
+  assert got['nats']['mean'] == pytest.approx(exact, rel=0.01)
+  assert got['nats']['n'] == 200
+  assert got['bpd']['mean'] == pytest.approx(got['nats']['mean'] / (2 * math.log(2)) + 8, rel=1e-9)
+
+
+@pytest.fixture(scope='module')
+def toy_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('toy'))
+  config = tiny_toy()
+  run_lib.train(config, workdir, 'obtuse', progress=False)
+  return config, workdir
+
+
+def test_toy_eval_writes_every_result(toy_run):
+  config, workdir = toy_run
+  config.eval.enable_bpd = True
+  config.eval.enable_sampling = True
+  config.eval.enable_loss = True
+  results = E.evaluate(config, workdir, 'norm', progress=False, keep_samples=True)
+  saved = json.load(open(os.path.join(workdir, 'eval', 'results.json')))
+  assert SCHEMA <= set(saved)
+  assert saved['task'] == 'obtuse' and saved['dataset'] == 'GMM2D' and saved['forget'] == ['centre']
+  assert saved['step'] == 30
+  assert {'percent', 'ci95', 'num_samples', 'class_histogram'} <= set(saved['unlearning_ratio'])
+  assert saved['unlearning_ratio']['num_samples'] == 300
+  assert sum(saved['unlearning_ratio']['class_histogram'].values()) == 300
+  # the exact classifier: the share of samples whose highest-posterior component is the centre
+  data = datasets.get_dataset(config, evaluation=True)
+  centre = (data.density.posterior(results['samples'].double()).argmax(1) == 1).double().mean().item() * 100
+  assert saved['unlearning_ratio']['percent'] == pytest.approx(centre)
+  lo, hi = saved['unlearning_ratio']['ci95']
+  assert lo <= saved['unlearning_ratio']['percent'] <= hi
+  for part, n in (('retain', 160), ('forget', 40)):
+    assert saved['nll_bpd'][part]['n'] == n
+    assert saved['nll_bpd'][part]['mean'] == pytest.approx(saved['nll_nats'][part]['mean'] / (2 * math.log(2)) + 8)
+  assert saved['sampler']['method'] == 'pc' and saved['sampler']['nfe'] == 100 * 3   # 3 batches of 100 steps
+  assert saved['classifier']['sha256'] is None and saved['fid'] is None
+  assert math.isfinite(saved['loss']['loss'])
+  for name in ('results.md', 'results_30.json', 'samples_30.png'):
+    assert os.path.exists(os.path.join(workdir, 'eval', name))
+
+
+def test_samples_do_not_depend_on_the_batch_size(toy_run):
+  """Each sample's starting noise is seeded by its index; a deterministic sampler (probability-flow PC)
+  then gives the same samples whatever the batch size."""
+  config, workdir = toy_run
+  config.sampling.method, config.sampling.predictor, config.sampling.corrector = 'pc', 'reverse_diffusion', 'none'
+  config.sampling.probability_flow = True
+  config.eval.enable_bpd = False
+  config.eval.num_samples = 40
+  config.eval.batch_size = 40
+  a = E.evaluate(config, workdir, 'obtuse', eval_folder='a', progress=False, keep_samples=True)['samples']
+  config.eval.batch_size = 16
+  b = E.evaluate(config, workdir, 'obtuse', eval_folder='b', progress=False, keep_samples=True)['samples']
+  torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_missing_checkpoints_are_refused_and_nothing_is_written(tmp_path, toy_run):
+  config = tiny_toy()
+  with pytest.raises(E.EvaluationError, match='no checkpoint'):
+    E.evaluate(config, str(tmp_path), 'obtuse', progress=False)
+  assert os.listdir(tmp_path) == []
+  _, workdir = toy_run
+  config.eval.begin_ckpt, config.eval.end_ckpt = 1, 3
+  with pytest.raises(E.EvaluationError, match='checkpoint_2.pth, .*checkpoint_3.pth'):
+    E.evaluate(config, workdir, 'obtuse', eval_folder='range', progress=False)
+  assert not os.path.exists(os.path.join(workdir, 'range'))
+
+
+def digits_config(root):
+  config = get_base_config()
+  config.data.dataset = 'DIGITS8X8'
+  config.data.root = str(root)
+  config.data.image_size = 8
+  config.data.num_channels = 1
+  config.data.centered = True
+  config.data.random_flip = False
+  config.unlearn.forget = '3'
+  m = config.model
+  m.name, m.nf, m.ch_mult, m.num_res_blocks, m.attn_resolutions = 'ncsnpp', 16, (1, 2), 1, ()
+  m.embedding_type, m.num_scales, m.dropout = 'positional', 30, 0.
+  config.training.sde = 'vpsde'
+  config.model.beta_max = 10.
+  t = config.training
+  t.n_iters, t.snapshot_freq, t.snapshot_freq_for_preemption, t.batch_size, t.batch_size_un = 4, 4, 4, 16, 16
+  t.snapshot_sampling = False
+  t.eval_freq = 0
+  config.eval.num_samples, config.eval.batch_size, config.eval.bpd_num_samples = 20, 20, 10
+  config.sampling.ode_rtol = config.sampling.ode_atol = 1e-2
+  config.device = 'cpu'
+  return config
+
+
+def test_image_eval_with_classifier_and_fid(tmp_path, monkeypatch):
+  config = digits_config(tmp_path / 'data')
+  workdir = str(tmp_path / 'run')
+  run_lib.train(config, workdir, 'square', progress=False)
+  # without a classifier the evaluation refuses before writing anything
+  with pytest.raises(C.ClassifierError, match='train_classifier'):
+    E.evaluate(config, workdir, 'square', progress=False)
+  assert not os.path.exists(os.path.join(workdir, 'eval'))
+  data = datasets.get_dataset(config, evaluation=True)
+  arch = C.default_architecture(8, 1, 10)
+  arch['kwargs']['width'] = 8
+  net, meta = C.fit_classifier(data, 0, architecture=arch, progress=False, epochs=1)
+  config.eval.classifier = str(tmp_path / 'classifier.pth')
+  meta = C.save_classifier(net, meta, config.eval.classifier)
+  # a stand-in Inception: a fixed random projection of the pixels (the real one is slow on a CPU)
+  proj = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
+
+  def features(images):
+    return images.mean(dim=1).reshape(len(images), -1) @ proj
+
+  features.backend = 'test-projection'
+
+  monkeypatch.setattr(fid_lib, 'get_inception_features', lambda *a, **k: features)
+  config.eval.enable_fid = True
+  config.eval.enable_bpd = True
+  config.data.root = str(tmp_path / 'data')
+  results = E.evaluate(config, workdir, 'square', progress=False)
+  assert SCHEMA <= set(results)
+  assert results['classifier']['sha256'] == meta['sha256']
+  assert results['unlearning_ratio']['num_samples'] == 20
+  assert results['fid']['num_samples'] == 20 and results['fid']['value'] >= 0
+  assert results['nll_bpd']['retain']['n'] == 10 and results['nll_bpd']['forget']['n'] == 10
+  assert 'nll_nats' not in results
+  assert results['fid']['backend'] == 'test-projection'
+
+
+def run_cli(*args, cwd=ROOT):
+  return subprocess.run([sys.executable, 'main.py', *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_refusals(tmp_path):
+  r = run_cli('--config', 'configs/toy/gmm2d.py', '--workdir', str(tmp_path / 'w'), '--mode', 'eval')
+  assert r.returncode == 1 and 'error: no checkpoint' in r.stderr
+  r = run_cli('--config', 'configs/toy/gmm2d.py', '--workdir', str(tmp_path / 'w'), '--mode', 'train',
+              '--task', 'forget_everything')
+  assert r.returncode == 1 and "unknown task 'forget_everything'" in r.stderr
+  r = run_cli('--config', 'configs/toy/gmm2d.py', '--workdir', str(tmp_path / 'w'), '--mode', 'train',
+              '--config.model.nff=3')
+  assert r.returncode != 0 and 'nff' in r.stderr
+  r = run_cli('--config', 'configs/toy/gmm2d.py', '--workdir', str(tmp_path / 'w'), '--mode', 'train',
+              '--config.unlearn.forget=middle')
+  assert r.returncode == 1 and 'centre' in r.stderr
+  r = run_cli('--config', 'configs/mnist/mnist5k_small.py', '--workdir', str(tmp_path / 'w'), '--mode', 'train',
+              '--config.data.dataset=MNIST', f'--config.data.root={tmp_path}/nodata', '--config.data.download=False')
+  assert r.returncode == 1 and 'MNIST5K' in r.stderr and 'Traceback' not in r.stderr
+  assert not os.path.exists(tmp_path / 'w' / 'checkpoints')
