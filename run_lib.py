@@ -192,6 +192,7 @@ def _start_state(config, workdir, finetune, device):
     if not os.path.isfile(path):
       raise TrainingError(f'--finetune: no checkpoint at config.training.pretrained={path}')
     file_step = utils.restore_pretrained(path, state['model'], state['ema'], device)
+    state['ema'].decay = config.model.ema_rate   # the file's EMA weights, this run's EMA rate
     logging.info('fine-tuning from %s (trained for %d steps)', path, file_step)
     return state, 'finetune'
   return state, 'fresh'

@@ -152,3 +152,40 @@ def test_bad_task_and_config_values(tmp_path):
   config.training.sde = 'xsde'
   with pytest.raises(ValueError, match='valid: subvpsde, vesde, vpsde'):
     run_lib.train(config, str(tmp_path / 'z'), 'square', progress=False)
+
+
+def test_finetune_from_the_official_checkpoint_starts_from_its_weights(tmp_path):
+  """--finetune from the official score_sde file (DDPM++ VP fixture) on a small image folder: with lr 0
+  the model keeps the file's raw weights, and the EMA continues from the file's EMA weights."""
+  import numpy as np
+  from PIL import Image
+  from official_fixtures import _fixture, config_from_json
+  ckpt_path = _fixture('ckpt_ddpmpp_vp.pth')
+  root = tmp_path / 'images'
+  rng = np.random.default_rng(0)
+  for cls in ('cats', 'dogs'):
+    (root / cls).mkdir(parents=True)
+    for i in range(10):
+      Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / cls / f'{i}.png')
+  config = config_from_json('ddpmpp_vp')
+  config.data.dataset = 'IMAGEFOLDER'
+  config.data.root = str(root)
+  config.unlearn.forget = 'dogs'
+  t = config.training
+  t.n_iters, t.batch_size, t.batch_size_un, t.snapshot_freq, t.snapshot_freq_for_preemption = 1, 4, 4, 1, 1
+  t.snapshot_sampling = False
+  t.eval_freq = 0
+  t.pretrained = str(ckpt_path)
+  config.optim.lr = 0.
+  config.model.ema_rate = 0.
+  config.device = 'cpu'
+  state = run_lib.train(config, str(tmp_path / 'run'), 'square', finetune=True, progress=False)
+  official = torch.load(ckpt_path, weights_only=True)
+  for key, value in state['model'].state_dict().items():
+    torch.testing.assert_close(value, official['model']['module.' + key], rtol=0, atol=0)
+  # EMA decay 0 after one update copies the (unchanged) raw weights; before the update it held the file's EMA
+  saved = torch.load(tmp_path / 'run' / 'checkpoints' / 'checkpoint_1.pth', weights_only=True)
+  assert saved['step'] == 1
+  trainable = [p for p in state['model'].parameters() if p.requires_grad]
+  for s, p in zip(saved['ema']['shadow_params'], trainable):
+    torch.testing.assert_close(s, p.detach(), rtol=0, atol=0)
