@@ -36,7 +36,6 @@ import gzip
 import math
 import os
 import shutil
-import tempfile
 import zlib
 from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
 from urllib.error import URLError
@@ -44,6 +43,8 @@ from urllib.error import URLError
 import numpy as np
 import torch
 from torch.utils.data import Dataset, DataLoader, default_collate
+
+import utils
 
 # Where Debian's dataset-* packages install their files (override: config.data.debian_datasets_dir).
 DEFAULT_DEBIAN_DATASETS_DIR = '/usr/share/datasets'
@@ -633,15 +634,11 @@ def _gunzip_present(raw_dir: str, names: Sequence[str]) -> None:
 
 def _gunzip_to(src: str, dst: str) -> None:
   """Unzips ``src`` into ``dst`` atomically (a temporary file in ``dst``'s folder, then renamed)."""
-  os.makedirs(os.path.dirname(dst), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dst), prefix='.partial-')
-  try:
-    with gzip.open(src, 'rb') as fin, os.fdopen(fd, 'wb') as fout:
+  def copy(fout):
+    with gzip.open(src, 'rb') as fin:
       shutil.copyfileobj(fin, fout)
-    os.replace(tmp, dst)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+
+  utils.atomic_write(dst, copy)
 
 
 def _idx_header_ok(path: str, images: bool, count: int) -> bool:

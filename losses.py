@@ -66,6 +66,7 @@ class Perturbed:
   std: torch.Tensor           # σ_t, [B]
   weight: torch.Tensor        # w(t) = λ(t) / σ_t², [B]
   g2: torch.Tensor            # g(t)² [B] (continuous) or None (discrete)
+  reference: torch.Tensor = None  # σ_t s_ref(x_t, t) of a frozen reference model, when one is used
 
 
 def _model_scaled_score(sde, model_fn, x_t, labels, std):
@@ -73,23 +74,33 @@ def _model_scaled_score(sde, model_fn, x_t, labels, std):
   return -out if sde.predicts_noise else out * append_dims(std, out.ndim)
 
 
+def _reference_scaled_score(sde, reference, x_t, labels, std):
+  if reference is None:
+    return None
+  with torch.no_grad():
+    return _model_scaled_score(sde, mutils.get_model_fn(reference, False), x_t, labels, std)
+
+
 def perturb_continuous(sde, model, x0, train, likelihood_weighting=False, eps=1e-5, t=None, z=None,
-                       generator=None):
-  """Continuous time: ``t ~ U(eps, T)``, ``x_t`` from ``sde.marginal_prob``; the model sees ``sde.model_labels``."""
+                       generator=None, t_range=None, reference=None):
+  """Continuous time: ``t ~ U(eps, T)`` (or ``U(t_range)``), ``x_t`` from ``sde.marginal_prob``; the model
+  sees ``sde.model_labels``. ``reference``: a frozen network evaluated at the same ``(x_t, t)``."""
   b = x0.shape[0]
   if t is None:
-    t = torch.rand(b, device=x0.device, dtype=x0.dtype, generator=generator) * (sde.T - eps) + eps
+    lo, hi = (eps, sde.T) if t_range is None else (max(eps, t_range[0]), min(sde.T, t_range[1]))
+    t = torch.rand(b, device=x0.device, dtype=x0.dtype, generator=generator) * (hi - lo) + lo
   if z is None:
     z = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
   mean, std = sde.marginal_prob(x0, t)
   x_t = mean + append_dims(std, x0.ndim) * z
-  ss = _model_scaled_score(sde, mutils.get_model_fn(model, train), x_t, sde.model_labels(t, True), std)
+  labels = sde.model_labels(t, True)
+  ss = _model_scaled_score(sde, mutils.get_model_fn(model, train), x_t, labels, std)
   g2 = sde.sde(torch.zeros_like(x0), t)[1] ** 2
   weight = g2 / std ** 2 if likelihood_weighting else torch.ones_like(std)
-  return Perturbed(ss, z, std, weight, g2)
+  return Perturbed(ss, z, std, weight, g2, _reference_scaled_score(sde, reference, x_t, labels, std))
 
 
-def perturb_discrete(sde, model, x0, train, index=None, z=None, generator=None):
+def perturb_discrete(sde, model, x0, train, index=None, z=None, generator=None, reference=None):
   """Discrete DDPM (VP) or SMLD (VE) perturbation at a uniform noise level; the model sees the level index."""
   b = x0.shape[0]
   if index is None:
@@ -100,7 +111,7 @@ def perturb_discrete(sde, model, x0, train, index=None, z=None, generator=None):
   coeff, std = coeff.to(x0.dtype), std.to(x0.dtype)
   x_t = append_dims(coeff, x0.ndim) * x0 + append_dims(std, x0.ndim) * z
   ss = _model_scaled_score(sde, mutils.get_model_fn(model, train), x_t, index, std)
-  return Perturbed(ss, z, std, torch.ones_like(std), None)
+  return Perturbed(ss, z, std, torch.ones_like(std), None, _reference_scaled_score(sde, reference, x_t, index, std))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -135,6 +146,37 @@ def obtuse_loss(p: Perturbed, reduce_mean, sign='paper'):
   raise ValueError(f"unknown unlearn.obtuse_sign '{sign}'; valid: paper, official")
 
 
+def _centred(p: Perturbed):
+  """ŝ − ŝ_ref when a reference model is used (the forget term then acts on the change from it), else ŝ."""
+  return p.scaled_score if p.reference is None else p.scaled_score - p.reference
+
+
+def obtuse_target_loss(p: Perturbed, reduce_mean, push=1.):
+  """Obtuse-MSGM as a regression (``unlearn.obtuse_form='target'``): the score is regressed onto the
+  reference score moved ``push`` times the target distance *away* from the forget point,
+
+      L_f = λ ‖s − s_ref − κ (−∇)‖² = w R((ŝ − ŝ_ref − κ z)²),   κ = ``push``,
+
+  with ``s_ref = 0`` without a reference model (κ = 1 is the "flipped" denoising target). Its
+  minimiser on forget-dominated regions is ``s_ref − κ ∇ log p_f,t``: the reference density with a hole
+  ``p_f,t^(−κ)`` where the forget data lie. Unlike the linear form it is bounded below.
+  """
+  return p.weight * reduce_dims((_centred(p) - push * p.z) ** 2, reduce_mean)
+
+
+def negative_dsm_loss(p: Perturbed, reduce_mean):
+  """Negative score matching on the forget data (``unlearn.obtuse_form='negative_dsm'``):
+
+      L_f = −λ ‖s − ∇‖² = λ (2 ⟨s, ∇⟩ − ‖s‖²) − λ ‖∇‖²,
+
+  i.e. twice the paper's Obtuse term plus a score-norm term. With α L_g + (1 − α) L_f the objective is
+  score matching on the signed measure α p_g − (1 − α) p_f, whose minimiser (where that measure stays
+  positive, i.e. α/(1 − α) ≥ sup p_f/p_g) is the score of (α p_g − (1 − α) p_f)_+: the densities that
+  trace the best reachable (NLL_g, NLL_f) frontier. Below that α the objective is unbounded.
+  """
+  return -dsm_loss(p, reduce_mean)
+
+
 def orthogonal_loss(p: Perturbed, reduce_mean, product='dot', likelihood_weighting=False):
   """Orthogonal-MSGM.
 
@@ -142,13 +184,15 @@ def orthogonal_loss(p: Perturbed, reduce_mean, product='dot', likelihood_weighti
   normalised by ``R`` once.
   ``product='elementwise'`` (official code): Σ_i (s_i ∇_i)² weighted by σ⁴ (= Σ_i (ε̂_i z_i)², no
   likelihood weighting) or by g² (likelihood weighting), reduced by ``R``.
+  With a reference model both act on s − s_ref (``unlearn.reference``).
   """
+  ss = _centred(p)
   if product == 'dot':
     dim = p.z[0].numel()
-    dot = (p.scaled_score * p.z).reshape(p.z.shape[0], -1).sum(dim=1)
+    dot = (ss * p.z).reshape(p.z.shape[0], -1).sum(dim=1)
     return p.weight * _sum_form(dot ** 2, dim, reduce_mean) / p.std ** 2
   if product == 'elementwise':
-    per_dim = reduce_dims((p.scaled_score * p.z) ** 2, reduce_mean)
+    per_dim = reduce_dims((ss * p.z) ** 2, reduce_mean)
     if likelihood_weighting:
       return p.g2 * per_dim / p.std ** 4
     return per_dim
@@ -195,6 +239,9 @@ def get_task(name):
 # Loss-function factories (official names); every loss_fn returns a per-sample tensor [B]
 
 
+OBTUSE_FORMS = ('linear', 'target', 'negative_dsm')
+
+
 def _term_fn(term, reduce_mean, likelihood_weighting, unlearn):
   if term == 'dsm':
     return lambda p, g: dsm_loss(p, reduce_mean)
@@ -202,6 +249,16 @@ def _term_fn(term, reduce_mean, likelihood_weighting, unlearn):
     sign = unlearn.get('obtuse_sign', 'paper') if unlearn is not None else 'paper'
     if sign not in ('paper', 'official'):
       raise ValueError(f"unknown unlearn.obtuse_sign '{sign}'; valid: paper, official")
+    form = unlearn.get('obtuse_form', 'linear') if unlearn is not None else 'linear'
+    if form not in OBTUSE_FORMS:
+      raise ValueError(f"unknown unlearn.obtuse_form '{form}'; valid: {', '.join(OBTUSE_FORMS)}")
+    if form != 'linear' and sign != 'paper':
+      raise ValueError(f"unlearn.obtuse_sign='official' applies to obtuse_form='linear' only, not '{form}'")
+    if form == 'target':
+      push = float(unlearn.get('push', 1.))
+      return lambda p, g: obtuse_target_loss(p, reduce_mean, push)
+    if form == 'negative_dsm':
+      return lambda p, g: negative_dsm_loss(p, reduce_mean)
     return lambda p, g: obtuse_loss(p, reduce_mean, sign)
   if term == 'orthogonal':
     product = unlearn.get('orthogonal_product', 'dot') if unlearn is not None else 'dot'
@@ -213,24 +270,42 @@ def _term_fn(term, reduce_mean, likelihood_weighting, unlearn):
   raise ValueError(f"unknown loss term '{term}'; valid: dsm, orthogonal, obtuse, erase")
 
 
+def forget_time_range(unlearn):
+  """``(t_min, t_max)`` over which the forget term is applied (``unlearn.forget_t_min/max``), or None for all."""
+  if unlearn is None:
+    return None
+  lo, hi = float(unlearn.get('forget_t_min', 0.)), float(unlearn.get('forget_t_max', 1.))
+  if not 0. <= lo < hi <= 1.:
+    raise ValueError(f'unlearn.forget_t_min/forget_t_max must satisfy 0 <= min < max <= 1, got {lo}, {hi}')
+  return None if (lo, hi) == (0., 1.) else (lo, hi)
+
+
 def get_sde_loss_fn(sde, train, reduce_mean=True, continuous=True, likelihood_weighting=True, eps=1e-5,
-                    term='dsm', unlearn=None):
-  """Continuous-time loss: ``loss_fn(model, batch, generator=None) -> [B]`` for the given ``term``."""
+                    term='dsm', unlearn=None, reference=None):
+  """Continuous-time loss: ``loss_fn(model, batch, generator=None) -> [B]`` for the given ``term``.
+
+  Forget terms are drawn on ``forget_time_range(unlearn)`` and see the frozen ``reference`` network.
+  """
   fn = _term_fn(term, reduce_mean, likelihood_weighting, unlearn)
+  t_range = forget_time_range(unlearn) if term != 'dsm' else None
 
   def loss_fn(model, batch, generator=None):
-    p = perturb_continuous(sde, model, batch, train, likelihood_weighting, eps, generator=generator)
+    p = perturb_continuous(sde, model, batch, train, likelihood_weighting, eps, generator=generator,
+                           t_range=t_range, reference=reference if term != 'dsm' else None)
     return fn(p, generator)
 
   return loss_fn
 
 
-def _discrete_loss_fn(sde, train, reduce_mean, term, unlearn):
+def _discrete_loss_fn(sde, train, reduce_mean, term, unlearn, reference=None):
   sde.discrete_marginal(torch.zeros(1, dtype=torch.long))  # refuses SDEs without a discrete form
   fn = _term_fn(term, reduce_mean, False, unlearn)
+  if term != 'dsm' and forget_time_range(unlearn) is not None:
+    raise ValueError('unlearn.forget_t_min/forget_t_max need continuous training (training.continuous=True)')
+  ref = reference if term != 'dsm' else None
 
   def loss_fn(model, batch, generator=None):
-    return fn(perturb_discrete(sde, model, batch, train, generator=generator), generator)
+    return fn(perturb_discrete(sde, model, batch, train, generator=generator, reference=ref), generator)
 
   return loss_fn
 
@@ -245,13 +320,14 @@ def get_ddpm_loss_fn(vpsde, train, reduce_mean=True, term='dsm', unlearn=None):
   return _discrete_loss_fn(vpsde, train, reduce_mean, term, unlearn)
 
 
-def get_loss_fn(sde, train, reduce_mean, continuous, likelihood_weighting, eps=1e-5, term='dsm', unlearn=None):
+def get_loss_fn(sde, train, reduce_mean, continuous, likelihood_weighting, eps=1e-5, term='dsm', unlearn=None,
+                reference=None):
   """Continuous score matching, or the discrete DDPM/SMLD loss the SDE defines."""
   if continuous:
-    return get_sde_loss_fn(sde, train, reduce_mean, True, likelihood_weighting, eps, term, unlearn)
+    return get_sde_loss_fn(sde, train, reduce_mean, True, likelihood_weighting, eps, term, unlearn, reference)
   if likelihood_weighting:
     raise ValueError('likelihood weighting is only defined for continuous training (training.continuous=True)')
-  return _discrete_loss_fn(sde, train, reduce_mean, term, unlearn)
+  return _discrete_loss_fn(sde, train, reduce_mean, term, unlearn, reference)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -299,7 +375,7 @@ def is_forget_step(step, forget_every):
 
 
 def get_msgm_step_fn(sde, train, task, unlearn, optimize_fn=None, reduce_mean=False, continuous=True,
-                     likelihood_weighting=False, eps=1e-5):
+                     likelihood_weighting=False, eps=1e-5, reference=None):
   """MSGM step: ``loss = α·mean(L_g(batch_g)) + (1−α)·mean(L_f(batch_f))·[forget step]``.
 
   ``step_fn(state, batch_g, batch_f=None, generator=None) -> {'loss', 'loss_g', 'loss_f'}`` (detached scalars; ``loss_f``
@@ -311,7 +387,7 @@ def get_msgm_step_fn(sde, train, task, unlearn, optimize_fn=None, reduce_mean=Fa
   loss_f_fn = None
   if task.forget_term is not None:
     loss_f_fn = get_loss_fn(sde, train, reduce_mean, continuous, likelihood_weighting, eps,
-                            term=task.forget_term, unlearn=unlearn)
+                            term=task.forget_term, unlearn=unlearn, reference=reference)
   alpha = float(unlearn.alpha)
   if not 0. <= alpha <= 1.:
     raise ValueError(f'unlearn.alpha must be in [0, 1], got {alpha}')

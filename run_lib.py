@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 import datasets
 import losses
+import presets
 import sampling
 import sde_lib
 import utils
@@ -70,13 +71,6 @@ def add_log_file(workdir):
   return handler
 
 
-def atomic_write_text(path, text):
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def _flat(d, prefix=''):
   out = {}
   for k, v in d.items():
@@ -92,7 +86,7 @@ def save_config(config, workdir, step):
   text = utils.config_to_json(config)
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
-    atomic_write_text(path, text)
+    utils.atomic_write_text(path, text)
     return
   with open(path) as f:
     old = _flat(json.load(f))
@@ -100,7 +94,7 @@ def save_config(config, workdir, step):
   changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
   if changed:
     logging.warning('the config differs from W/config.json in: %s', ', '.join(changed))
-    atomic_write_text(os.path.join(workdir, f'config_step{step}.json'), text)
+    utils.atomic_write_text(os.path.join(workdir, f'config_step{step}.json'), text)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -207,6 +201,7 @@ def train(config, workdir, task='standard', finetune=False, progress=True):
   non-finite loss stops the run without writing the bad state.
   """
   task = losses.get_task(task)
+  presets.apply_preset(config, task.name)
   _check_config(config)
   main = is_main_process()
   os.makedirs(workdir, exist_ok=True)
@@ -228,10 +223,11 @@ def _train(config, workdir, task, finetune, progress, main):
 
   # Build everything that can refuse bad input before anything is written.
   tc = config.training
+  reference = load_reference(config, device) if task.forget_term is not None else None
   step_fn = losses.get_msgm_step_fn(sde, True, task, config.unlearn, losses.optimization_manager(config),
-                                    tc.reduce_mean, tc.continuous, tc.likelihood_weighting, tc.eps)
+                                    tc.reduce_mean, tc.continuous, tc.likelihood_weighting, tc.eps, reference)
   eval_step_fn = losses.get_msgm_step_fn(sde, False, task, config.unlearn, None, tc.reduce_mean, tc.continuous,
-                                         tc.likelihood_weighting, tc.eps)
+                                         tc.likelihood_weighting, tc.eps, reference)
   scaler = datasets.get_data_scaler(config)
   inverse_scaler = datasets.get_data_inverse_scaler(config)
   sampling_fn = None
@@ -362,6 +358,19 @@ def load_ema_model(config, ckpt_path, device):
   state['ema'].copy_to(state['model'].parameters())
   state['model'].eval()
   return state['model'], state
+
+
+def load_reference(config, device):
+  """The frozen reference network of ``config.unlearn.reference`` (EMA weights), or None when unset."""
+  path = config.unlearn.reference
+  if not path:
+    return None
+  if not os.path.isfile(path):
+    raise TrainingError(f'no reference checkpoint at config.unlearn.reference={path}')
+  model, _ = load_ema_model(config, path, device)
+  for p in model.parameters():
+    p.requires_grad_(False)
+  return model
 
 
 def latest_checkpoint(workdir):

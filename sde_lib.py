@@ -140,10 +140,26 @@ class ReverseSDE:
     return rev_f, rev_G
 
 
-class _DiscreteBetas:
-  """DDPM's β table linspace(β_0/N, β_1/N, N) and α = 1 - β, checked on use: with β_1/N ≥ 1 the discrete
-  steps (DDPM discretisation, ancestral sampling, Langevin step sizes, DDPM training) are undefined,
-  while the continuous-time SDE is fine with any N."""
+class _LinearBetaSchedule:
+  """β(t) = β_0 + t (β_1 - β_0), shared by VP and sub-VP, with DDPM's table linspace(β_0/N, β_1/N, N)
+  and α = 1 - β. The tables are checked on use: with β_1/N ≥ 1 the discrete steps (DDPM discretisation,
+  ancestral sampling, Langevin step sizes, DDPM training) are undefined, while the continuous-time SDE
+  is fine with any N."""
+
+  def _init_schedule(self, beta_min, beta_max):
+    self.beta_0 = float(beta_min)
+    self.beta_1 = float(beta_max)
+    self._discrete_betas = torch.linspace(self.beta_0 / self.N, self.beta_1 / self.N, self.N, dtype=torch.float64)
+
+  def beta(self, t):
+    return self.beta_0 + t * (self.beta_1 - self.beta_0)
+
+  def log_mean_coeff(self, t):
+    """log of the mean scale: -t²(β_1-β_0)/4 - t β_0/2."""
+    return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+
+  def langevin_alpha(self, t):
+    return _table(self.alphas, t, self.timestep_index(t))
 
   def _tables(self):
     if self.beta_1 / self.N >= 1.:
@@ -172,7 +188,7 @@ class _GaussianPriorMixin:
     return -0.5 * n * math.log(2 * math.pi) - 0.5 * sum_flat(z ** 2)
 
 
-class VPSDE(_DiscreteBetas, _GaussianPriorMixin, SDE):
+class VPSDE(_LinearBetaSchedule, _GaussianPriorMixin, SDE):
   """Variance-preserving SDE: dx = -β(t)/2 x dt + sqrt(β(t)) dw, β(t) = β_0 + t (β_1 - β_0).
 
   Its discretisation is DDPM's with betas linspace(β_0/N, β_1/N, N).
@@ -180,19 +196,10 @@ class VPSDE(_DiscreteBetas, _GaussianPriorMixin, SDE):
 
   def __init__(self, beta_min=0.1, beta_max=20., N=1000):
     super().__init__(N)
-    self.beta_0 = float(beta_min)
-    self.beta_1 = float(beta_max)
-    self._discrete_betas = torch.linspace(self.beta_0 / self.N, self.beta_1 / self.N, self.N, dtype=torch.float64)
+    self._init_schedule(beta_min, beta_max)
     self.alphas_cumprod = torch.cumprod(1. - self._discrete_betas, dim=0)
     self.sqrt_alphas_cumprod = torch.sqrt(self.alphas_cumprod)
     self.sqrt_1m_alphas_cumprod = torch.sqrt(1. - self.alphas_cumprod)
-
-  def beta(self, t):
-    return self.beta_0 + t * (self.beta_1 - self.beta_0)
-
-  def log_mean_coeff(self, t):
-    """log of the mean scale: -t²(β_1-β_0)/4 - t β_0/2."""
-    return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
 
   def sde(self, x, t):
     beta_t = self.beta(t)
@@ -211,9 +218,6 @@ class VPSDE(_DiscreteBetas, _GaussianPriorMixin, SDE):
     alpha = _table(self.alphas, x, i)
     f = append_dims(torch.sqrt(alpha), x.ndim) * x - x
     return f, torch.sqrt(beta)
-
-  def langevin_alpha(self, t):
-    return _table(self.alphas, t, self.timestep_index(t))
 
   def discrete_marginal(self, index):
     """DDPM: x_i = sqrt(ᾱ_i) x_0 + sqrt(1 - ᾱ_i) z."""
@@ -235,7 +239,7 @@ class VPSDE(_DiscreteBetas, _GaussianPriorMixin, SDE):
     return -out / append_dims(std, out.ndim)
 
 
-class subVPSDE(_DiscreteBetas, _GaussianPriorMixin, SDE):
+class subVPSDE(_LinearBetaSchedule, _GaussianPriorMixin, SDE):
   """Sub-VP SDE: dx = -β(t)/2 x dt + sqrt(β(t)(1 - exp(-2∫β))) dw.
 
   Marginal std σ_t = 1 - exp(-∫_0^t β) (the official ``1 - exp(2·log_mean_coeff)``). The network is
@@ -245,15 +249,7 @@ class subVPSDE(_DiscreteBetas, _GaussianPriorMixin, SDE):
 
   def __init__(self, beta_min=0.1, beta_max=20., N=1000):
     super().__init__(N)
-    self.beta_0 = float(beta_min)
-    self.beta_1 = float(beta_max)
-    self._discrete_betas = torch.linspace(self.beta_0 / self.N, self.beta_1 / self.N, self.N, dtype=torch.float64)
-
-  def beta(self, t):
-    return self.beta_0 + t * (self.beta_1 - self.beta_0)
-
-  def log_mean_coeff(self, t):
-    return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+    self._init_schedule(beta_min, beta_max)
 
   def sde(self, x, t):
     beta_t = self.beta(t)
@@ -265,9 +261,6 @@ class subVPSDE(_DiscreteBetas, _GaussianPriorMixin, SDE):
     mean = append_dims(torch.exp(lmc), x.ndim) * x
     std = -torch.expm1(2. * lmc)
     return mean, std
-
-  def langevin_alpha(self, t):
-    return _table(self.alphas, t, self.timestep_index(t))
 
   predicts_noise = True
 

@@ -146,15 +146,16 @@ def restore_pretrained(ckpt_path, model, ema, device='cpu'):
   return int(loaded.get('step', 0))
 
 
-def atomic_torch_save(obj, path):
-  """Writes ``obj`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+def atomic_write(path, write, mode='wb'):
+  """Calls ``write(file)`` on a temporary file beside ``path``, then renames it onto ``path`` atomically:
+  readers see the old file or the complete new one, never a partial one."""
   path = os.fspath(path)
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='.pth', dir=folder)
+  fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix=os.path.splitext(path)[1], dir=folder)
   try:
-    with os.fdopen(fd, 'wb') as f:
-      torch.save(obj, f)
+    with os.fdopen(fd, mode) as f:
+      write(f)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -162,6 +163,16 @@ def atomic_torch_save(obj, path):
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp)
     raise
+
+
+def atomic_torch_save(obj, path):
+  """Writes ``obj`` to ``path`` with ``torch.save``, atomically."""
+  atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(path, text):
+  """Writes ``text`` to ``path`` atomically."""
+  atomic_write(path, lambda f: f.write(text), mode='w')
 
 
 def save_checkpoint(ckpt_path, state):

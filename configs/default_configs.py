@@ -132,6 +132,13 @@ def get_base_config():
   unlearn.forget_every = 4               # the forget term is applied on every k-th step (step % k == 0)
   unlearn.orthogonal_product = 'dot'     # dot (paper) | elementwise (official code)
   unlearn.obtuse_sign = 'paper'          # paper (score pushed away) | official (opposite sign)
+  # Extensions (docs/unlearning.md); the defaults give the paper's forms.
+  unlearn.obtuse_form = 'linear'         # linear (paper) | target | negative_dsm
+  unlearn.push = 1.                      # κ of obtuse_form='target'
+  unlearn.forget_t_min = 0.              # the forget term is drawn on t ∈ [forget_t_min, forget_t_max]
+  unlearn.forget_t_max = 1.
+  unlearn.reference = ''                 # frozen reference checkpoint: forget terms act on s − s_ref
+  unlearn.preset = ''                    # a named setting (see presets.py), e.g. toy-best
 
   config.seed = 42
   config.device = 'auto'                 # auto | cpu | cuda | cuda:N

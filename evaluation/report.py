@@ -28,8 +28,9 @@ import json
 import math
 import os
 import sys
-import tempfile
 from typing import List, Optional, Sequence
+
+import utils
 
 RESULTS_FILENAME = 'results.json'
 #: the paper's column order and names; keys are the readable task names of ``losses.TASKS``.
@@ -249,20 +250,6 @@ def to_csv(table: Table) -> str:
   return buf.getvalue()
 
 
-def _atomic_write(path: str, text: str) -> None:
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix='.tmp-', dir=folder)
-  try:
-    with os.fdopen(fd, 'w', encoding='utf-8') as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def report(workdirs: Sequence[str], out_dir: Optional[str] = '.', eval_folder: str = 'eval',
            name: str = 'table1') -> Table:
   """Reads the runs, builds the table and writes ``out_dir/<name>.md`` and ``.csv`` (not when
@@ -270,8 +257,8 @@ def report(workdirs: Sequence[str], out_dir: Optional[str] = '.', eval_folder: s
   runs = [load_results(w, eval_folder) for w in workdirs]
   table = build_table(runs, _run_names(workdirs))
   if out_dir is not None:
-    _atomic_write(os.path.join(out_dir, name + '.md'), to_markdown(table))
-    _atomic_write(os.path.join(out_dir, name + '.csv'), to_csv(table))
+    utils.atomic_write_text(os.path.join(out_dir, name + '.md'), to_markdown(table))
+    utils.atomic_write_text(os.path.join(out_dir, name + '.csv'), to_csv(table))
   return table
 
 

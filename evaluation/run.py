@@ -231,9 +231,9 @@ def _scalars(results):
 def _write(results, out_dir, step, writer):
   serial = {k: v for k, v in results.items() if k != 'samples'}
   text = json.dumps(serial, indent=2, default=float)
-  run_lib.atomic_write_text(os.path.join(out_dir, f'results_{step}.json'), text)
-  run_lib.atomic_write_text(os.path.join(out_dir, 'results.json'), text)
-  run_lib.atomic_write_text(os.path.join(out_dir, 'results.md'), markdown(serial))
+  utils.atomic_write_text(os.path.join(out_dir, f'results_{step}.json'), text)
+  utils.atomic_write_text(os.path.join(out_dir, 'results.json'), text)
+  utils.atomic_write_text(os.path.join(out_dir, 'results.md'), markdown(serial))
   for key, value in _scalars(results).items():
     logging.info('step %d: %s = %.5g', step, key, value)
     if writer is not None:

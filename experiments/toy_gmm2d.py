@@ -11,7 +11,6 @@ densities). NLL is given in nats per sample and on the paper's scale (score_sde'
 uncentred data, ``nats / (2 ln 2) + 8``). Rows "p_data" and "p_g" are the exact densities.
 """
 import copy
-import csv
 import json
 import math
 import os
@@ -25,24 +24,27 @@ import datasets
 import run_lib
 import sde_lib
 import utils
+from evaluation import frontier
 from evaluation.stats import mean_sem
+from experiments import tables
 from evaluation import run as evaluation_run
 from models import utils as mutils
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', 'configs/toy/gmm2d.py', 'The toy configuration.', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Folder for the runs, table and figure.')
-flags.DEFINE_string('tasks', 'standard,unseen,orthogonal,obtuse', 'Comma-separated tasks to train and compare.')
-flags.DEFINE_float('field_time', 0.05, 'Time t at which the score fields are drawn.')
-flags.DEFINE_boolean('progress', True, 'Show progress bars.')
 
+
+def define_flags():
+  """The command-line flags (defined only when run as a program, so the module can be imported)."""
+  config_flags.DEFINE_config_file('config', 'configs/toy/gmm2d.py', 'The toy configuration.', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Folder for the runs, table and figure.')
+  flags.DEFINE_string('tasks', 'standard,unseen,orthogonal,obtuse', 'Comma-separated tasks to train and compare.')
+  flags.DEFINE_float('field_time', 0.05, 'Time t at which the score fields are drawn.')
+  flags.DEFINE_boolean('progress', True, 'Show progress bars.')
+
+
+# The paper's toy table (its scale): D_g and D_f NLL of each model; the MSGM column is listed for both forms.
 PAPER = {'standard': (10.91, 10.73), 'unseen': (10.63, 11.59), 'orthogonal': (10.64, 39.01),
          'obtuse': (10.64, 39.01)}
-
-
-def paper_scale(nats, dims=2, offset=8.):
-  """score_sde's bits/dim of a continuous density on uncentred data: nats / (D ln 2) + 8."""
-  return nats / (dims * math.log(2.)) + offset
 
 
 def sample_statistics(samples, density):
@@ -81,6 +83,14 @@ def analytic_rows(data):
   return rows
 
 
+def _distance(g, f):
+  """Room left below the best reachable D_f at this D_g (paper scale, ± its standard error)."""
+  rep = frontier.frontier_report(g['mean'], f['mean'], g['sem'], f['sem'])
+  sem = rep['distance_sem'] / (2 * math.log(2.))
+  note = ' (D_g < H(p_g))' if rep['clipped'] else ''
+  return f"{rep['distance_paper']:.2f} ± {sem:.2f}{note}"
+
+
 def table_rows(results):
   rows = []
   for name, r in results.items():
@@ -89,28 +99,14 @@ def table_rows(results):
       'model': name,
       'NLL D_g (nats)': f"{g['mean']:.3f} ± {g['sem']:.3f}",
       'NLL D_f (nats)': f"{f['mean']:.3f} ± {f['sem']:.3f}",
-      'NLL D_g (paper scale)': f"{paper_scale(g['mean']):.2f}",
-      'NLL D_f (paper scale)': f"{paper_scale(f['mean']):.2f}",
+      'NLL D_g (paper scale)': f"{frontier.to_paper_scale(g['mean']):.2f}",
+      'NLL D_f (paper scale)': f"{frontier.to_paper_scale(f['mean']):.2f}",
+      'to frontier (paper)': _distance(g, f),
       'centre samples %': f"{r['centre_percent']:.1f}",
       'beyond |x|=8 %': f"{r['beyond_8_percent']:.2f}",
       'paper D_g / D_f': ' / '.join(f'{v:.2f}' for v in PAPER[name]) if name in PAPER else '',
     })
   return rows
-
-
-def write_tables(rows, workdir):
-  header = list(rows[0])
-  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-  lines += ['| ' + ' | '.join(r[h] for h in header) + ' |' for r in rows]
-  md = '\n'.join(lines) + '\n'
-  run_lib.atomic_write_text(os.path.join(workdir, 'toy_table.md'), md)
-  tmp = os.path.join(workdir, 'toy_table.csv.tmp')
-  with open(tmp, 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=header)
-    writer.writeheader()
-    writer.writerows(rows)
-  os.replace(tmp, os.path.join(workdir, 'toy_table.csv'))
-  return md
 
 
 def draw_figure(results, data, config, path, field_time):
@@ -119,7 +115,10 @@ def draw_figure(results, data, config, path, field_time):
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   names = list(results)
-  fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 6.4), squeeze=False)
+  fig, axes = plt.subplots(2, len(names) + 1, figsize=(3.2 * (len(names) + 1), 6.4), squeeze=False)
+  frontier.plot_frontier(axes[0, -1], {n: (results[n]['retain']['nats']['mean'], results[n]['forget']['nats']['mean'])
+                                       for n in names if 'density' not in results[n]})
+  axes[1, -1].axis('off')
   grid = torch.linspace(-5, 5, 21, dtype=torch.float64)
   gx, gy = torch.meshgrid(grid, grid, indexing='xy')
   points = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
@@ -179,10 +178,10 @@ def run_toy(config, workdir, tasks, field_time=0.05, progress=True):
     run_dir = os.path.join(workdir, task)
     run_lib.train(config, run_dir, task, progress=progress)
     results[task] = evaluate_run(config, run_dir, task, data, progress)
-  md = write_tables(table_rows(results), workdir)
+  md = tables.write_table(table_rows(results), workdir, 'toy_table')
   summary = {name: {k: v for k, v in r.items() if k not in ('samples', 'density')}
              for name, r in results.items()}
-  run_lib.atomic_write_text(os.path.join(workdir, 'toy_results.json'),
+  utils.atomic_write_text(os.path.join(workdir, 'toy_results.json'),
                             json.dumps({'config': json.loads(utils.config_to_json(config)), 'results': summary},
                                        indent=2, default=float))
   draw_figure(results, data, config, os.path.join(workdir, 'toy_figure.png'), field_time)
@@ -208,4 +207,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

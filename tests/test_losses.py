@@ -221,3 +221,92 @@ def test_too_few_vp_steps_are_refused_where_discrete_steps_are_used():
     losses.get_loss_fn(vp, True, True, continuous=False, likelihood_weighting=False)(LinearNet(), torch.zeros(2, 3))
   with pytest.raises(ValueError, match='num_scales'):
     sde_lib.subVPSDE(beta_max=20., N=20).langevin_alpha(torch.full((2,), 0.5))
+
+
+# ---- extensions (docs/unlearning.md) ----
+
+@pytest.mark.parametrize('reduce_mean', [True, False])
+def test_obtuse_target_form_by_hand(reduce_mean):
+  """λ ‖s − s_ref − κ(−∇)‖² in score form, σ = 0.5: s = [2, 4, 0], −∇ = z/σ = [6, −2, 4]."""
+  kappa = 2.
+  no_ref = losses.obtuse_target_loss(perturbed(False), reduce_mean, kappa).item()
+  # s − κ z/σ = [2 − 12, 4 + 4, 0 − 8] = [−10, 8, −8]; squares 100 + 64 + 64 = 228; λ = σ² = 0.25 -> 57
+  assert no_ref == pytest.approx(reduce(57., reduce_mean))
+  p = perturbed(False)
+  p.reference = torch.tensor([[0.5, 0.5, 0.5]])      # σ s_ref: s_ref = [1, 1, 1]
+  with_ref = losses.obtuse_target_loss(p, reduce_mean, kappa).item()
+  # s − s_ref − κ z/σ = [−11, 7, −9]: 121 + 49 + 81 = 251 -> 62.75
+  assert with_ref == pytest.approx(reduce(62.75, reduce_mean))
+
+
+def test_negative_dsm_is_twice_obtuse_minus_score_norm():
+  p = perturbed(False)
+  neg = losses.negative_dsm_loss(p, True).item()
+  assert neg == pytest.approx(-losses.dsm_loss(p, True).item())
+  # −λ‖s − ∇‖² = 2 λ⟨s, ∇⟩ − λ‖s‖² − λ‖∇‖²: λ = 0.25, ⟨s,∇⟩ = −4, ‖s‖² = 20, ‖∇‖² = 56 -> −21 (sum form)
+  assert neg == pytest.approx((2 * 0.25 * -4 - 0.25 * 20 - 0.25 * 56) / 3)
+
+
+def test_orthogonal_acts_on_the_change_from_the_reference():
+  p = perturbed(False)
+  p.reference = SS.clone()          # s = s_ref: nothing left to make orthogonal
+  assert losses.orthogonal_loss(p, True, 'dot').item() == 0.
+  p.reference = torch.tensor([[0.5, 0., 0.]])   # s − s_ref = [1, 4, 0]; ⟨., ∇⟩ = −6 + 8 = 2; λ·4 = 1
+  assert losses.orthogonal_loss(p, False, 'dot').item() == pytest.approx(0.5 * 1.)
+
+
+class RecordingNet(LinearNet):
+  def forward(self, x, labels):
+    self.seen = labels.detach().clone()
+    return super().forward(x, labels)
+
+
+def test_forget_time_range_and_frozen_reference():
+  config = get_base_config()
+  config.unlearn.forget_t_min, config.unlearn.forget_t_max = 0.1, 0.3
+  sde = sde_lib.VPSDE()
+  net, ref = RecordingNet(), RecordingNet()
+  for q in ref.parameters():
+    q.requires_grad_(False)
+  fn = losses.get_loss_fn(sde, True, True, True, False, term='obtuse', unlearn=config.unlearn, reference=ref)
+  loss = fn(net, torch.randn(256, 2)).mean()
+  t = net.seen / 999.
+  assert t.min() >= 0.1 and t.max() <= 0.3 and t.max() - t.min() > 0.15
+  torch.testing.assert_close(ref.seen, net.seen)          # the reference sees the same (x_t, t)
+  loss.backward()
+  assert net.a.grad is not None and ref.a.grad is None
+  g = losses.get_loss_fn(sde, True, True, True, False, term='dsm', unlearn=config.unlearn)
+  g(net, torch.randn(256, 2))
+  assert (net.seen / 999.).max() > 0.5                   # L_g keeps the whole time range
+  config.unlearn.forget_t_min = 0.5
+  with pytest.raises(ValueError, match='forget_t_min/forget_t_max'):
+    losses.get_loss_fn(sde, True, True, True, False, term='obtuse', unlearn=config.unlearn)
+  config.unlearn.forget_t_min = 0.1
+  with pytest.raises(ValueError, match='need continuous training'):
+    losses.get_loss_fn(sde, True, True, False, False, term='obtuse', unlearn=config.unlearn)
+
+
+def test_obtuse_form_switch_and_refusals():
+  config = get_base_config()
+  sde = sde_lib.VPSDE()
+  config.unlearn.obtuse_form = 'hinge'
+  with pytest.raises(ValueError, match="obtuse_form 'hinge'; valid: linear, target, negative_dsm"):
+    losses.get_loss_fn(sde, True, True, True, False, term='obtuse', unlearn=config.unlearn)
+  config.unlearn.obtuse_form = 'target'
+  config.unlearn.obtuse_sign = 'official'
+  with pytest.raises(ValueError, match="obtuse_sign='official' applies to obtuse_form='linear'"):
+    losses.get_loss_fn(sde, True, True, True, False, term='obtuse', unlearn=config.unlearn)
+
+
+def test_presets():
+  import presets
+  config = get_base_config()
+  config.unlearn.preset = 'toy-best'
+  presets.apply_preset(config, 'norm')
+  for key, value in presets.PRESETS['toy-best']['unlearn'].items():
+    assert config.unlearn[key] == value
+  with pytest.raises(ValueError, match="builds on --task obtuse"):
+    presets.apply_preset(config, 'square')
+  config.unlearn.preset = 'best-ever'
+  with pytest.raises(ValueError, match="unknown unlearn.preset 'best-ever'; valid: toy-best"):
+    presets.apply_preset(config, 'obtuse')

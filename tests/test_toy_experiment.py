@@ -9,9 +9,10 @@ from experiments import toy_gmm2d
 
 
 def test_paper_scale_conversion():
+  from evaluation.frontier import to_paper_scale
   # nats / (2 ln 2) + 8: the MSGM.md pairs 3.625 nats -> 10.62 and 5.153 -> 11.72
-  assert toy_gmm2d.paper_scale(3.625) == pytest.approx(10.615, abs=1e-3)
-  assert toy_gmm2d.paper_scale(5.153) == pytest.approx(11.717, abs=1e-3)
+  assert to_paper_scale(3.625) == pytest.approx(10.615, abs=1e-3)
+  assert to_paper_scale(5.153) == pytest.approx(11.717, abs=1e-3)
 
 
 def test_toy_runs_end_to_end(tmp_path):
@@ -35,6 +36,7 @@ def test_toy_runs_end_to_end(tmp_path):
   for name in ('toy_table.md', 'toy_table.csv', 'toy_results.json', 'toy_figure.png'):
     assert os.path.getsize(tmp_path / name) > 0
   assert '| standard |' in md and '| orthogonal |' in md and '| p_g (exact) |' in md
+  assert 'to frontier (paper)' in md
   saved = json.load(open(tmp_path / 'toy_results.json'))['results']
   assert saved['standard']['step'] == 40
   assert saved['orthogonal']['retain']['nats']['n'] == 240 and saved['orthogonal']['forget']['nats']['n'] == 60
