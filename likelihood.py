@@ -15,6 +15,7 @@ runs the network a second time for the divergence).
 ``get_log_likelihood_fn`` returns the log-density in nats per sample (the 2-D toy's unit);
 ``get_likelihood_fn`` converts it to bits/dim with score_sde's offset (see ``bpd_offset``).
 """
+import contextlib
 import math
 from typing import Optional
 
@@ -69,6 +70,20 @@ def _vjp(out, x, v, retain_graph=False):
   return torch.zeros_like(x) if grad is None else grad
 
 
+@contextlib.contextmanager
+def frozen_parameters(model):
+  """Turns ``requires_grad`` off for the parameters of ``model`` inside the block (then restores it): the
+  divergence needs gradients with respect to x only, so autograd skips the weight-gradient work."""
+  params = [p for p in model.parameters() if p.requires_grad]
+  for p in params:
+    p.requires_grad_(False)
+  try:
+    yield
+  finally:
+    for p in params:
+      p.requires_grad_(True)
+
+
 def bpd_offset(inverse_scaler) -> float:
   """score_sde's bits/dim offset, ``7 - inverse_scaler(-1)``: 7 for centred data in [-1, 1], 8 for [0, 1].
 
@@ -120,7 +135,7 @@ def get_log_likelihood_fn(sde, hutchinson_type='Rademacher', rtol=1e-5, atol=1e-
       drift, div = drift_and_divergence(drift_fn, x, batch_time(t, x), probe)
       return torch.cat([drift.reshape(-1), div])
 
-    with torch.no_grad():
+    with torch.no_grad(), frozen_parameters(model):
       # One flat state (x, ∫div) so the solver's RMS error norm covers both, as in score_sde.
       init = torch.cat([data.reshape(-1), torch.zeros(batch, dtype=data.dtype, device=data.device)])
       final, _ = solve_ode(rhs, init, eps, sde.T, solver=solver, method=method, rtol=rtol, atol=atol)

@@ -8,10 +8,12 @@ import losses
 
 PRESETS = {
   # The 2-D toy's best measured setting (docs/unlearning.md): Obtuse as a bounded regression onto a
-  # target pushed away from the forget data, applied at every step with a heavier forget weight.
+  # target pushed far from the forget data, applied at every step but only at small noise levels.
+  # No reference model is needed.
   'toy-best': {
     'task': 'obtuse',
-    'unlearn': {'obtuse_form': 'target', 'push': 4., 'alpha': 0.9, 'forget_every': 1},
+    'unlearn': {'obtuse_form': 'target', 'push': 64., 'alpha': 0.97, 'forget_every': 1,
+                'forget_t_min': 0., 'forget_t_max': 0.05},
   },
 }
 
