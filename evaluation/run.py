@@ -153,6 +153,8 @@ def evaluate(config, workdir, task='standard', eval_folder='eval', progress=True
   features_fn = fid_lib.get_inception_features(config, device) if ev.enable_fid else None
   if ev.enable_fid and not data.is_image:
     raise EvaluationError(f'FID needs image data; {data.name} is not')
+  if ev.enable_fid:
+    data.split(ev.fid_split)   # refuses a split name other than train/test
   if ev.enable_bpd:
     split = data.split(ev.bpd_dataset)
     if not len(split.retain) or not len(split.forget):
@@ -202,7 +204,7 @@ def evaluate(config, workdir, task='standard', eval_folder='eval', progress=True
         if features_fn is not None:
           k = int(ev.fid_num_samples) or len(samples)
           results['fid'] = fid_lib.fid_of_samples(samples[:k], data, features_fn, fid_lib.default_cache_dir(config),
-                                                  'test', 'retain', progress=progress)
+                                                  ev.fid_split, 'retain', progress=progress)
         if keep_samples:
           results['samples'] = samples
       _write(results, out_dir, step, writer)
