@@ -1,25 +1,9 @@
 """The network settings of the official experiment files, shared by the configs that use them."""
 
 
-def ddpm_unet(model, nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,)):
-  """DDPM's UNet (``model.name = 'ddpm'``), as in configs/vp/ddpm/*.py."""
-  model.name = 'ddpm'
-  model.scale_by_sigma = False
-  model.ema_rate = 0.9999
-  model.normalization = 'GroupNorm'
-  model.nonlinearity = 'swish'
-  model.nf = nf
-  model.ch_mult = ch_mult
-  model.num_res_blocks = num_res_blocks
-  model.attn_resolutions = attn_resolutions
-  model.resamp_with_conv = True
-  model.conditional = True
-
-
-def ncsnpp(model, *, fir, scale_by_sigma, ema_rate, embedding_type, progressive_input, nf=128,
-           ch_mult=(1, 2, 2, 2), num_res_blocks=4, attn_resolutions=(16,)):
-  """NCSN++ / DDPM++ (``model.name = 'ncsnpp'``) with BigGAN blocks, as in the official CIFAR-10 configs."""
-  model.name = 'ncsnpp'
+def _unet(model, name, scale_by_sigma, ema_rate, nf, ch_mult, num_res_blocks, attn_resolutions):
+  """The keys DDPM and NCSN++ share: size, normalisation, activation, conditioning."""
+  model.name = name
   model.scale_by_sigma = scale_by_sigma
   model.ema_rate = ema_rate
   model.normalization = 'GroupNorm'
@@ -30,6 +14,17 @@ def ncsnpp(model, *, fir, scale_by_sigma, ema_rate, embedding_type, progressive_
   model.attn_resolutions = attn_resolutions
   model.resamp_with_conv = True
   model.conditional = True
+
+
+def ddpm_unet(model, nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,)):
+  """DDPM's UNet (``model.name = 'ddpm'``), as in configs/vp/ddpm/*.py."""
+  _unet(model, 'ddpm', False, 0.9999, nf, ch_mult, num_res_blocks, attn_resolutions)
+
+
+def ncsnpp(model, *, fir, scale_by_sigma, ema_rate, embedding_type, progressive_input, nf=128,
+           ch_mult=(1, 2, 2, 2), num_res_blocks=4, attn_resolutions=(16,)):
+  """NCSN++ / DDPM++ (``model.name = 'ncsnpp'``) with BigGAN blocks, as in the official CIFAR-10 configs."""
+  _unet(model, 'ncsnpp', scale_by_sigma, ema_rate, nf, ch_mult, num_res_blocks, attn_resolutions)
   model.fir = fir
   model.fir_kernel = [1, 3, 3, 1]
   model.skip_rescale = True

@@ -189,3 +189,36 @@ def test_finetune_from_the_official_checkpoint_starts_from_its_weights(tmp_path)
   trainable = [p for p in state['model'].parameters() if p.requires_grad]
   for s, p in zip(saved['ema']['shadow_params'], trainable):
     torch.testing.assert_close(s, p.detach(), rtol=0, atol=0)
+
+
+def test_toy_best_preset_loads_and_trains(tmp_path):
+  import presets
+  config = tiny_config(4)
+  config.unlearn.preset = 'toy-best'
+  state = run_lib.train(config, str(tmp_path), 'norm', progress=False)
+  assert state['step'] == 4
+  saved = json.load(open(tmp_path / 'config.json'))['unlearn']
+  for key, value in presets.PRESETS['toy-best']['unlearn'].items():
+    assert saved[key] == value
+  log = open(tmp_path / 'stdout.txt').read()
+  assert 'step 3: loss' in log and 'loss_f' in log      # the forget term ran (forget_every = 1)
+  with pytest.raises(ValueError, match='builds on --task obtuse'):
+    run_lib.train(_with_preset(tiny_config(4)), str(tmp_path / 'other'), 'square', progress=False)
+  assert not os.path.exists(tmp_path / 'other')
+
+
+def _with_preset(config):
+  config.unlearn.preset = 'toy-best'
+  return config
+
+
+def test_reference_model_is_loaded_frozen_or_refused(tmp_path):
+  run_lib.train(tiny_config(6), str(tmp_path / 'ref'), 'unseen', progress=False)
+  config = tiny_config(2)
+  config.unlearn.obtuse_form = 'target'
+  config.unlearn.reference = str(tmp_path / 'ref' / 'checkpoints' / 'checkpoint_1.pth')
+  state = run_lib.train(config, str(tmp_path / 'run'), 'obtuse', progress=False)
+  assert state['step'] == 2
+  config.unlearn.reference = str(tmp_path / 'nope.pth')
+  with pytest.raises(run_lib.TrainingError, match='no reference checkpoint at config.unlearn.reference=.*nope.pth'):
+    run_lib.train(config, str(tmp_path / 'run2'), 'obtuse', progress=False)
