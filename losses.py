@@ -164,6 +164,24 @@ def obtuse_target_loss(p: Perturbed, reduce_mean, push=1.):
   return p.weight * reduce_dims((_centred(p) - push * p.z) ** 2, reduce_mean)
 
 
+def obtuse_ratio_loss(p: Perturbed, reduce_mean, push=1.):
+  """Obtuse-MSGM as a regression relative to a reference model (``unlearn.obtuse_form='ratio'``): the
+  score is regressed onto the reference score moved ``push`` times further along its difference from the
+  forget target,
+
+      L_f = λ ‖s − s_ref − κ (s_ref − ∇)‖² = w R((ŝ − (1 + κ) ŝ_ref − κ z)²),   κ = ``push``.
+
+  Averaged over forget data the target is ``s_ref + κ ∇ log(p_ref,t / p_f,t)``. With the retain term the
+  population minimiser is ``s_g − κ ∇ log(α + (1 − α) r_t)``, ``r_t = p_f,t / p_g,t``, when the reference
+  is the retain-only model (s_ref = s_g): the density ``p_g,t (α + (1 − α) r_t)^(−κ)``, a hole whose depth
+  follows the density ratio (deepest where forget data dominate retained data most), the shape of the
+  best reachable trade-off (docs/frontier.md). Needs ``unlearn.reference``.
+  """
+  if p.reference is None:
+    raise ValueError("unlearn.obtuse_form='ratio' needs a reference model: set unlearn.reference")
+  return p.weight * reduce_dims((p.scaled_score - (1. + push) * p.reference - push * p.z) ** 2, reduce_mean)
+
+
 def negative_dsm_loss(p: Perturbed, reduce_mean):
   """Negative score matching on the forget data (``unlearn.obtuse_form='negative_dsm'``):
 
@@ -239,7 +257,7 @@ def get_task(name):
 # Loss-function factories (official names); every loss_fn returns a per-sample tensor [B]
 
 
-OBTUSE_FORMS = ('linear', 'target', 'negative_dsm')
+OBTUSE_FORMS = ('linear', 'target', 'ratio', 'negative_dsm')
 
 
 def _term_fn(term, reduce_mean, likelihood_weighting, unlearn):
@@ -257,6 +275,9 @@ def _term_fn(term, reduce_mean, likelihood_weighting, unlearn):
     if form == 'target':
       push = float(unlearn.get('push', 1.))
       return lambda p, g: obtuse_target_loss(p, reduce_mean, push)
+    if form == 'ratio':
+      push = float(unlearn.get('push', 1.))
+      return lambda p, g: obtuse_ratio_loss(p, reduce_mean, push)
     if form == 'negative_dsm':
       return lambda p, g: negative_dsm_loss(p, reduce_mean)
     return lambda p, g: obtuse_loss(p, reduce_mean, sign)
@@ -280,6 +301,13 @@ def forget_time_range(unlearn):
   return None if (lo, hi) == (0., 1.) else (lo, hi)
 
 
+def _require_reference(term, unlearn, reference):
+  if term == 'obtuse' and unlearn is not None and unlearn.get('obtuse_form', 'linear') == 'ratio' \
+      and reference is None:
+    raise ValueError("unlearn.obtuse_form='ratio' needs a reference model: set unlearn.reference to a "
+                     "checkpoint of the same architecture (e.g. the Unseen or the pretrained model)")
+
+
 def get_sde_loss_fn(sde, train, reduce_mean=True, continuous=True, likelihood_weighting=True, eps=1e-5,
                     term='dsm', unlearn=None, reference=None):
   """Continuous-time loss: ``loss_fn(model, batch, generator=None) -> [B]`` for the given ``term``.
@@ -287,6 +315,7 @@ def get_sde_loss_fn(sde, train, reduce_mean=True, continuous=True, likelihood_we
   Forget terms are drawn on ``forget_time_range(unlearn)`` and see the frozen ``reference`` network.
   """
   fn = _term_fn(term, reduce_mean, likelihood_weighting, unlearn)
+  _require_reference(term, unlearn, reference)
   t_range = forget_time_range(unlearn) if term != 'dsm' else None
 
   def loss_fn(model, batch, generator=None):
@@ -300,6 +329,7 @@ def get_sde_loss_fn(sde, train, reduce_mean=True, continuous=True, likelihood_we
 def _discrete_loss_fn(sde, train, reduce_mean, term, unlearn, reference=None):
   sde.discrete_marginal(torch.zeros(1, dtype=torch.long))  # refuses SDEs without a discrete form
   fn = _term_fn(term, reduce_mean, False, unlearn)
+  _require_reference(term, unlearn, reference)
   if term != 'dsm' and forget_time_range(unlearn) is not None:
     raise ValueError('unlearn.forget_t_min/forget_t_max need continuous training (training.continuous=True)')
   ref = reference if term != 'dsm' else None

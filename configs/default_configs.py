@@ -134,8 +134,8 @@ def get_base_config():
   unlearn.orthogonal_product = 'dot'     # dot (paper) | elementwise (official code)
   unlearn.obtuse_sign = 'paper'          # paper (score pushed away) | official (opposite sign)
   # Extensions (docs/unlearning.md); the defaults give the paper's forms.
-  unlearn.obtuse_form = 'linear'         # linear (paper) | target | negative_dsm
-  unlearn.push = 1.                      # κ of obtuse_form='target'
+  unlearn.obtuse_form = 'linear'         # linear (paper) | target | ratio (needs reference) | negative_dsm
+  unlearn.push = 1.                      # κ of obtuse_form='target' / 'ratio'
   unlearn.forget_t_min = 0.              # the forget term is drawn on t ∈ [forget_t_min, forget_t_max]
   unlearn.forget_t_max = 1.
   unlearn.reference = ''                 # frozen reference checkpoint: forget terms act on s − s_ref

@@ -239,6 +239,20 @@ def test_obtuse_target_form_by_hand(reduce_mean):
   assert with_ref == pytest.approx(reduce(62.75, reduce_mean))
 
 
+@pytest.mark.parametrize('reduce_mean', [True, False])
+def test_obtuse_ratio_form_by_hand(reduce_mean):
+  """λ ‖s − s_ref − κ(s_ref − ∇)‖², σ = 0.5: s = [2, 4, 0], s_ref = [1, 1, 1], ∇ = [−6, 2, −4], κ = 2."""
+  p = perturbed(False)
+  with pytest.raises(ValueError, match="needs a reference model"):
+    losses.obtuse_ratio_loss(p, reduce_mean, 2.)
+  p.reference = torch.tensor([[0.5, 0.5, 0.5]])
+  # s − 3 s_ref + 2 ∇ = [2 − 3 − 12, 4 − 3 + 4, 0 − 3 − 8] = [−13, 5, −11]: 169 + 25 + 121 = 315; λ = 0.25
+  assert losses.obtuse_ratio_loss(p, reduce_mean, 2.).item() == pytest.approx(reduce(78.75, reduce_mean))
+  # κ = 0 regresses onto the reference (λ‖s − s_ref‖² = 0.25 · 11); κ = −1 is plain denoising score matching
+  assert losses.obtuse_ratio_loss(p, reduce_mean, 0.).item() == pytest.approx(reduce(2.75, reduce_mean))
+  assert losses.obtuse_ratio_loss(p, reduce_mean, -1.).item() == pytest.approx(losses.dsm_loss(p, reduce_mean).item())
+
+
 def test_negative_dsm_is_twice_obtuse_minus_score_norm():
   p = perturbed(False)
   neg = losses.negative_dsm_loss(p, True).item()
@@ -290,8 +304,13 @@ def test_obtuse_form_switch_and_refusals():
   config = get_base_config()
   sde = sde_lib.VPSDE()
   config.unlearn.obtuse_form = 'hinge'
-  with pytest.raises(ValueError, match="obtuse_form 'hinge'; valid: linear, target, negative_dsm"):
+  with pytest.raises(ValueError, match="obtuse_form 'hinge'; valid: linear, target, ratio, negative_dsm"):
     losses.get_loss_fn(sde, True, True, True, False, term='obtuse', unlearn=config.unlearn)
+  config.unlearn.obtuse_form = 'ratio'
+  with pytest.raises(ValueError, match="obtuse_form='ratio' needs a reference model"):
+    losses.get_loss_fn(sde, True, True, True, False, term='obtuse', unlearn=config.unlearn)
+  assert losses.get_loss_fn(sde, True, True, True, False, term='obtuse', unlearn=config.unlearn,
+                            reference=LinearNet()) is not None
   config.unlearn.obtuse_form = 'target'
   config.unlearn.obtuse_sign = 'official'
   with pytest.raises(ValueError, match="obtuse_sign='official' applies to obtuse_form='linear'"):
