@@ -165,6 +165,30 @@ def q_lambda_nll(lam: float) -> Tuple[float, float]:
   return base_g - tilt_g, base_f - tilt_f
 
 
+def tilted_nll(log_tilt) -> Tuple[float, float]:
+  """``(NLL_g, NLL_f)`` (nats, 2-D) of ``q ∝ p_g · exp(h)``, ``h = log_tilt(s)`` a 1-D function along s.
+
+  For the population optima of unlearning objectives that reshape p_g by a function of the density
+  ratio (``ratio_form_optimum``). Normalised here: NLL = CE(·, p_g) − E[h] + log E_{p_g}[e^h].
+  """
+  log_z = math.log(_integrate_even(lambda s: math.exp(log_pg_1d(s) + log_tilt(s))))
+  nll_g = entropy_retain() - _integrate_even(lambda s: math.exp(log_pg_1d(s)) * log_tilt(s)) + log_z
+  nll_f = (cross_entropy(log_pf_1d, log_pg_1d) - _integrate_even(lambda s: math.exp(log_pf_1d(s)) * log_tilt(s))
+           + log_z)
+  return nll_g, nll_f
+
+
+def ratio_form_optimum(alpha: float, kappa: float) -> Tuple[float, float]:
+  """``(NLL_g, NLL_f)`` (nats) of the population minimiser of α L_g + (1 − α) L_f with the Obtuse
+  ``ratio`` form and an exact retain-only reference, applied at every t and integrated exactly:
+  ``q ∝ p_g (α + (1 − α) r)^(−κ)``, ``r = p_f / p_g`` (``losses.obtuse_ratio_loss``).
+  """
+  if not 0. < alpha < 1.:
+    raise ValueError(f'alpha must lie in (0, 1), got {alpha}')
+  return tilted_nll(lambda s: -kappa * float(np.logaddexp(math.log(alpha),
+                                                          math.log1p(-alpha) + log_pf_1d(s) - log_pg_1d(s))))
+
+
 def reference_points() -> Dict[str, Tuple[float, float]]:
   """Exact ``(NLL_g, NLL_f)`` (nats, expectations, no test-set noise) of ``p_data``, ``p_g`` and the arc's
   end ``q_e4`` (λ = e⁴)."""

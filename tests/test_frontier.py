@@ -61,6 +61,23 @@ def test_entropy_and_cross_entropy_against_a_2d_grid(ends):
   assert round(ends['nll_g_min'], 3) == 3.524 and round(ends['nll_f_min'], 2) == 5.16
 
 
+@pytest.mark.parametrize('alpha,kappa', [(0.97, 16.), (0.99, 64.)])
+def test_ratio_form_optimum_against_a_2d_grid(alpha, kappa, ends):
+  """q ∝ p_g (α + (1 − α) p_f/p_g)^(−κ), normalised and integrated on a 2-D grid."""
+  d = datasets.gmm2d_density()
+  x, area = _grid_2d()
+  lg, lf = d.restrict([0, 2]).log_prob(x), d.restrict([1]).log_prob(x)
+  lq = lg - kappa * torch.logaddexp(torch.tensor(math.log(alpha), dtype=torch.float64), math.log1p(-alpha) + lf - lg)
+  lq = lq - torch.logsumexp(lq, 0) - math.log(area)
+  nll_g, nll_f = fr.ratio_form_optimum(alpha, kappa)
+  assert nll_g == pytest.approx(float(-(lg.exp() * lq).sum() * area), abs=1e-8)
+  assert nll_f == pytest.approx(float(-(lf.exp() * lq).sum() * area), abs=1e-8)
+  assert nll_f <= fr.max_forget_nll(nll_g)                   # on or below the frontier
+  assert fr.ratio_form_optimum(alpha, 0.) == pytest.approx((ends['nll_g_min'], ends['nll_f_min']), abs=1e-10)
+  with pytest.raises(ValueError, match='alpha'):
+    fr.ratio_form_optimum(1., kappa)
+
+
 def test_curve_tends_to_p_g_as_lambda_grows(ends):
   # As λ → ∞: NLL_f(q_λ) − NLL_f(p_g) ≈ χ²/λ and NLL_g(q_λ) − H(p_g) = KL(p_g ‖ q_λ) ≈ χ²/(2λ²),
   # χ² = ∫ p_f²/p_g − 1 (about 20.4).
