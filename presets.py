@@ -1,19 +1,25 @@
 """Named unlearning settings: ``--config.unlearn.preset=NAME`` sets a group of ``config.unlearn`` keys.
 
 A preset names the task it builds on; using it with another task is refused. Keys the preset sets
-override the config file and command line (the resolved values are saved in W/config.json).
+override the config file and command line (the resolved values are saved in W/config.json). A preset
+that needs a frozen reference model says how to obtain one (``reference``) and is refused while
+``config.unlearn.reference`` is unset.
 See docs/unlearning.md for how each preset was chosen and what it measures.
 """
 import losses
 
 PRESETS = {
-  # The 2-D toy's best measured setting (docs/unlearning.md): Obtuse as a bounded regression onto a
-  # target pushed far from the forget data, applied at every step but only at small noise levels.
-  # No reference model is needed.
+  # The 2-D toy's best measured setting (docs/unlearning.md): Obtuse as a regression onto the reference
+  # score pushed along log(p_ref / p_f), applied at every step but only at small noise levels, with a
+  # frozen model trained on D_g only as the reference.
   'toy-best': {
     'task': 'obtuse',
-    'unlearn': {'obtuse_form': 'target', 'push': 64., 'alpha': 0.97, 'forget_every': 1,
-                'forget_t_min': 0., 'forget_t_max': 0.05},
+    'unlearn': {'obtuse_form': 'ratio', 'push': 16., 'alpha': 0.98, 'forget_every': 1,
+                'forget_t_min': 0., 'forget_t_max': 0.1},
+    'reference': ('a model trained on D_g only, e.g. `python main.py --config configs/toy/gmm2d.py '
+                  '--workdir W_unseen --task unseen --mode train`, then '
+                  '--config.unlearn.reference=W_unseen/checkpoints/checkpoint_1.pth '
+                  '(python -m experiments.toy_gmm2d trains and passes it itself)'),
   },
 }
 
@@ -35,4 +41,7 @@ def apply_preset(config, task):
                      f"not on '{task}'")
   for key, value in preset['unlearn'].items():
     config.unlearn[key] = value
+  if preset.get('reference') and not config.unlearn.reference:
+    raise ValueError(f"unlearn.preset='{name}' needs a reference model (unlearn.reference): "
+                     f"{preset['reference']}")
   return config

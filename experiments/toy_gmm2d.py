@@ -1,9 +1,10 @@
 """The paper's 2-D toy (its first table): Standard, Unseen, Orthogonal and Obtuse on the Gaussian mixture.
 
   python -m experiments.toy_gmm2d --workdir runs/toy [--tasks standard,unseen,orthogonal,obtuse]
-                                  [--config configs/toy/gmm2d.py] [--config.training.n_iters=...]
+                                  [--presets toy-best] [--config configs/toy/gmm2d.py] [--config.training.n_iters=...]
 
-Trains one model per task in ``W/<task>/`` (a finished run is reused, an interrupted one resumed),
+Trains one model per task in ``W/<task>/`` and one per preset (``presets.py``) in ``W/<preset>/`` (a
+preset that needs a reference model gets the Unseen run of ``W/unseen/``, trained first if needed) (a finished run is reused, an interrupted one resumed),
 evaluates the NLL of the held-out D_g and D_f test points with the probability-flow ODE (exact
 divergence), draws samples, and writes ``W/toy_table.md``, ``W/toy_table.csv``, ``W/toy_results.json``
 and ``W/toy_figure.png`` (samples and score field of each model beside the true and retain-only
@@ -21,6 +22,8 @@ from absl import app, flags, logging
 from ml_collections.config_flags import config_flags
 
 import datasets
+import losses
+import presets
 import run_lib
 import sde_lib
 import utils
@@ -38,6 +41,7 @@ def define_flags():
   config_flags.DEFINE_config_file('config', 'configs/toy/gmm2d.py', 'The toy configuration.', lock_config=True)
   flags.DEFINE_string('workdir', None, 'Folder for the runs, table and figure.')
   flags.DEFINE_string('tasks', 'standard,unseen,orthogonal,obtuse', 'Comma-separated tasks to train and compare.')
+  flags.DEFINE_string('presets', 'toy-best', 'Comma-separated presets (presets.py) to train beside the tasks.')
   flags.DEFINE_float('field_time', 0.05, 'Time t at which the score fields are drawn.')
   flags.DEFINE_boolean('progress', True, 'Show progress bars.')
 
@@ -163,8 +167,28 @@ def draw_figure(results, data, config, path, field_time):
   os.replace(tmp, path)
 
 
-def run_toy(config, workdir, tasks, field_time=0.05, progress=True):
-  """Trains (or reuses) each task's run, evaluates all of them, writes the table and the figure."""
+def preset_runs(config, workdir, names, progress=True):
+  """``[(row name, task, config, run dir)]`` for each preset; a preset needing a reference model gets the
+  latest checkpoint of ``W/unseen`` (trained on D_g only, here first if it is not there yet)."""
+  runs = []
+  for name in names:
+    if name not in presets.PRESETS:
+      raise ValueError(f"unknown preset '{name}'; valid: {', '.join(sorted(presets.PRESETS))}")
+    preset = presets.PRESETS[name]
+    cfg = copy.deepcopy(config)
+    cfg.unlearn.preset = name
+    if preset.get('reference') and not cfg.unlearn.reference:
+      unseen_dir = os.path.join(workdir, 'unseen')
+      run_lib.train(copy.deepcopy(config), unseen_dir, 'unseen', progress=progress)
+      cfg.unlearn.reference = run_lib.latest_checkpoint(unseen_dir)[0]
+    task = losses.get_task(preset['task']).name
+    runs.append((f'{task} + {name}', task, cfg, os.path.join(workdir, name)))
+  return runs
+
+
+def run_toy(config, workdir, tasks, field_time=0.05, progress=True, preset_names=()):
+  """Trains (or reuses) each task's and each preset's run, evaluates all of them, writes the table and
+  the figure."""
   os.makedirs(workdir, exist_ok=True)
   data = datasets.get_dataset(config, evaluation=True)
   if data.density is None:
@@ -174,10 +198,10 @@ def run_toy(config, workdir, tasks, field_time=0.05, progress=True):
     row['density'] = data.density if name.startswith('p_data') else data.density.restrict(list(data.retain_indices))
     row['samples'], _ = row['density'].sample(2000, generator=11)
     results[name] = row
-  for task in tasks:
-    run_dir = os.path.join(workdir, task)
-    run_lib.train(config, run_dir, task, progress=progress)
-    results[task] = evaluate_run(config, run_dir, task, data, progress)
+  runs = [(task, task, config, os.path.join(workdir, task)) for task in tasks]
+  for name, task, cfg, run_dir in runs + preset_runs(config, workdir, preset_names, progress):
+    run_lib.train(cfg, run_dir, task, progress=progress)
+    results[name] = evaluate_run(cfg, run_dir, task, data, progress)
   md = tables.write_table(table_rows(results), workdir, 'toy_table')
   summary = {name: {k: v for k, v in r.items() if k not in ('samples', 'density')}
              for name, r in results.items()}
@@ -195,9 +219,9 @@ def main(argv):
     sys.exit(1)
   tasks = [t.strip() for t in FLAGS.tasks.split(',') if t.strip()]
   try:
-    import losses
     tasks = [losses.get_task(t).name for t in tasks]
-    md, _ = run_toy(FLAGS.config, FLAGS.workdir, tasks, FLAGS.field_time, FLAGS.progress)
+    names = [p.strip() for p in FLAGS.presets.split(',') if p.strip()]
+    md, _ = run_toy(FLAGS.config, FLAGS.workdir, tasks, FLAGS.field_time, FLAGS.progress, names)
   except (ValueError, run_lib.TrainingError, utils.CheckpointError) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)

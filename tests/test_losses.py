@@ -321,6 +321,9 @@ def test_presets():
   import presets
   config = get_base_config()
   config.unlearn.preset = 'toy-best'
+  with pytest.raises(ValueError, match="needs a reference model"):
+    presets.apply_preset(config, 'norm')
+  config.unlearn.reference = 'unseen.pth'
   presets.apply_preset(config, 'norm')
   for key, value in presets.PRESETS['toy-best']['unlearn'].items():
     assert config.unlearn[key] == value

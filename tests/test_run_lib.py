@@ -193,14 +193,19 @@ def test_finetune_from_the_official_checkpoint_starts_from_its_weights(tmp_path)
 
 def test_toy_best_preset_loads_and_trains(tmp_path):
   import presets
-  config = tiny_config(4)
-  config.unlearn.preset = 'toy-best'
-  state = run_lib.train(config, str(tmp_path), 'norm', progress=False)
+  run_lib.train(tiny_config(6), str(tmp_path / 'unseen'), 'unseen', progress=False)
+  config = _with_preset(tiny_config(4))
+  with pytest.raises(ValueError, match="preset='toy-best' needs a reference model .*--task unseen"):
+    run_lib.train(config, str(tmp_path / 'run'), 'norm', progress=False)
+  assert not os.path.exists(tmp_path / 'run')
+  config = _with_preset(tiny_config(4))
+  config.unlearn.reference = str(tmp_path / 'unseen' / 'checkpoints' / 'checkpoint_1.pth')
+  state = run_lib.train(config, str(tmp_path / 'run'), 'norm', progress=False)
   assert state['step'] == 4
-  saved = json.load(open(tmp_path / 'config.json'))['unlearn']
+  saved = json.load(open(tmp_path / 'run' / 'config.json'))['unlearn']
   for key, value in presets.PRESETS['toy-best']['unlearn'].items():
     assert saved[key] == value
-  log = open(tmp_path / 'stdout.txt').read()
+  log = open(tmp_path / 'run' / 'stdout.txt').read()
   assert 'step 3: loss' in log and 'loss_f' in log      # the forget term ran (forget_every = 1)
   with pytest.raises(ValueError, match='builds on --task obtuse'):
     run_lib.train(_with_preset(tiny_config(4)), str(tmp_path / 'other'), 'square', progress=False)
