@@ -174,8 +174,9 @@ def obtuse_ratio_loss(p: Perturbed, reduce_mean, push=1.):
   Averaged over forget data the target is ``s_ref + κ ∇ log(p_ref,t / p_f,t)``. With the retain term the
   population minimiser is ``s_g − κ ∇ log(α + (1 − α) r_t)``, ``r_t = p_f,t / p_g,t``, when the reference
   is the retain-only model (s_ref = s_g): the density ``p_g,t (α + (1 − α) r_t)^(−κ)``, a hole whose depth
-  follows the density ratio (deepest where forget data dominate retained data most), the shape of the
-  best reachable trade-off (docs/frontier.md). Needs ``unlearn.reference``.
+  follows the density ratio (deepest where forget data dominate retained data most): a soft-edged
+  version of the best reachable trade-off's holes (docs/frontier.md, docs/unlearning.md). Needs
+  ``unlearn.reference``.
   """
   if p.reference is None:
     raise ValueError("unlearn.obtuse_form='ratio' needs a reference model: set unlearn.reference")

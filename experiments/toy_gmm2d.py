@@ -4,9 +4,9 @@
                                   [--presets toy-best] [--config configs/toy/gmm2d.py] [--config.training.n_iters=...]
 
 Trains one model per task in ``W/<task>/`` and one per preset (``presets.py``) in ``W/<preset>/`` (a
-preset that needs a reference model gets the Unseen run of ``W/unseen/``, trained first if needed) (a finished run is reused, an interrupted one resumed),
-evaluates the NLL of the held-out D_g and D_f test points with the probability-flow ODE (exact
-divergence), draws samples, and writes ``W/toy_table.md``, ``W/toy_table.csv``, ``W/toy_results.json``
+preset that needs a reference model gets the Unseen run of ``W/unseen/``, trained first if needed; a
+finished run is reused, an interrupted one resumed), evaluates the NLL of the held-out D_g and D_f test
+points with the probability-flow ODE (exact divergence), draws samples, and writes ``W/toy_table.md``, ``W/toy_table.csv``, ``W/toy_results.json``
 and ``W/toy_figure.png`` (samples and score field of each model beside the true and retain-only
 densities). NLL is given in nats per sample and on the paper's scale (score_sde's bits/dim for
 uncentred data, ``nats / (2 ln 2) + 8``). Rows "p_data" and "p_g" are the exact densities.
