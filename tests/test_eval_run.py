@@ -12,11 +12,11 @@ import datasets
 import likelihood
 import run_lib
 from configs.default_configs import get_base_config
-from configs.toy.gmm2d import get_config as toy_config
 from evaluation import classifier as C
 from evaluation import fid as fid_lib
 from evaluation import nll as nll_lib
 from evaluation import run as E
+from toy_configs import tiny_toy_config
 from gaussian_models import GaussianScoreModel, log_density, make_sde
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,16 +25,7 @@ SCHEMA = {'task', 'dataset', 'forget', 'checkpoint', 'step', 'unlearning_ratio',
 
 
 def tiny_toy(n_iters=30):
-  config = toy_config()
-  t = config.training
-  t.n_iters, t.snapshot_freq, t.snapshot_freq_for_preemption, t.log_freq, t.eval_freq = n_iters, n_iters, n_iters, 10, 0
-  config.model.hidden_dims = (32, 32)
-  config.model.num_scales = 100
-  config.data.num_train, config.data.num_test = 1000, 200
-  config.eval.num_samples, config.eval.batch_size = 300, 128
-  config.sampling.ode_rtol = config.sampling.ode_atol = 1e-3
-  config.device = 'cpu'
-  return config
+  return tiny_toy_config(n_iters)
 
 
 def test_dataset_nll_of_exact_gaussian_model():

@@ -4,21 +4,12 @@ import os
 
 import pytest
 
-from configs.toy.gmm2d import get_config
+from toy_configs import tiny_toy_config
 from experiments import sweep_toy
 
 
 def tiny():
-  config = get_config()
-  t = config.training
-  t.n_iters, t.snapshot_freq, t.snapshot_freq_for_preemption, t.log_freq, t.eval_freq = 20, 20, 20, 10, 0
-  config.model.hidden_dims = (16, 16)
-  config.model.num_scales = 30
-  config.data.num_train, config.data.num_test = 600, 100
-  config.eval.num_samples, config.eval.batch_size = 100, 100
-  config.sampling.ode_rtol = config.sampling.ode_atol = 1e-3
-  config.device = 'cpu'
-  return config
+  return tiny_toy_config(20, width=16, num_scales=30, num_train=600, num_test=100, num_samples=100, eval_batch=100)
 
 
 def test_parse_grid_types_and_refusals():
