@@ -100,7 +100,7 @@ def logp_to_bpd(logp: torch.Tensor, dims: int, offset: float) -> torch.Tensor:
 
 
 def get_log_likelihood_fn(sde, hutchinson_type='Rademacher', rtol=1e-5, atol=1e-5, method='RK45', eps=1e-5,
-                          solver='torchdiffeq', exact_divergence=None, continuous=True):
+                          solver='torchdiffeq', exact_divergence=None, continuous=True, max_nfe=0):
   """``log_likelihood_fn(model, data, generator=None) -> (logp [B], z [B, ...], nfe)``.
 
   ``logp`` is log p_eps(data) in nats per sample (no offset, no dequantisation); NLL = -logp.
@@ -114,6 +114,7 @@ def get_log_likelihood_fn(sde, hutchinson_type='Rademacher', rtol=1e-5, atol=1e-
     exact_divergence: exact divergence (True), Hutchinson (False), or None = exact when the data has at
       most ``EXACT_DIVERGENCE_MAX_DIMS`` dimensions per sample.
     continuous: the score parameterisation; score_sde always uses continuous time here.
+    max_nfe: > 0 stops a batch whose ODE needs more evaluations (``sampling.ODEBudgetError``).
 
   ``z`` is the latent (the ODE state at ``T``) and ``nfe`` the number of network forwards (= evaluations
   of the ODE's right-hand side). The divergence needs autograd: call it under ``torch.no_grad()`` if you
@@ -138,7 +139,8 @@ def get_log_likelihood_fn(sde, hutchinson_type='Rademacher', rtol=1e-5, atol=1e-
     with torch.no_grad(), frozen_parameters(model):
       # One flat state (x, ∫div) so the solver's RMS error norm covers both, as in score_sde.
       init = torch.cat([data.reshape(-1), torch.zeros(batch, dtype=data.dtype, device=data.device)])
-      final, _ = solve_ode(rhs, init, eps, sde.T, solver=solver, method=method, rtol=rtol, atol=atol)
+      final, _ = solve_ode(rhs, init, eps, sde.T, solver=solver, method=method, rtol=rtol, atol=atol,
+                           max_nfe=max_nfe)
       z = final[:-batch].reshape(data.shape)
       delta_logp = final[-batch:]
       logp = sde.prior_logp(z) + delta_logp
@@ -148,7 +150,7 @@ def get_log_likelihood_fn(sde, hutchinson_type='Rademacher', rtol=1e-5, atol=1e-
 
 
 def get_likelihood_fn(sde, inverse_scaler, hutchinson_type='Rademacher', rtol=1e-5, atol=1e-5, method='RK45',
-                      eps=1e-5, solver='torchdiffeq', exact_divergence=None, continuous=True):
+                      eps=1e-5, solver='torchdiffeq', exact_divergence=None, continuous=True, max_nfe=0):
   """``likelihood_fn(model, data, generator=None) -> (bpd [B], z [B, ...], nfe)`` (score_sde's bits/dim).
 
   ``bpd = -log p_eps(data) / (D ln 2) + 7 - inverse_scaler(-1)`` with D the dimensions per sample: the
@@ -163,7 +165,8 @@ def get_likelihood_fn(sde, inverse_scaler, hutchinson_type='Rademacher', rtol=1e
   offset = bpd_offset(inverse_scaler)
   log_likelihood_fn = get_log_likelihood_fn(sde, hutchinson_type=hutchinson_type, rtol=rtol, atol=atol,
                                             method=method, eps=eps, solver=solver,
-                                            exact_divergence=exact_divergence, continuous=continuous)
+                                            exact_divergence=exact_divergence, continuous=continuous,
+                                            max_nfe=max_nfe)
 
   def likelihood_fn(model, data, generator=None):
     logp, z, nfe = log_likelihood_fn(model, data, generator)

@@ -114,14 +114,23 @@ def _take(table: torch.Tensor, index: torch.Tensor, like: torch.Tensor) -> torch
   return table.to(device=index.device)[index].to(device=like.device, dtype=like.dtype)
 
 
-class CountedFn:
-  """Wraps a function and counts its calls (each call of a score function = one network evaluation)."""
+class ODEBudgetError(ValueError):
+  """An ODE solve needed more right-hand-side evaluations than its ``max_nfe``."""
 
-  def __init__(self, fn: Callable):
+
+class CountedFn:
+  """Wraps a function and counts its calls (each call of a score function = one network evaluation);
+  with ``limit`` a call beyond it raises ``ODEBudgetError`` (``limit_message`` says why)."""
+
+  def __init__(self, fn: Callable, limit: int = 0, limit_message: str = ''):
     self.fn = fn
     self.calls = 0
+    self.limit = int(limit or 0)
+    self.limit_message = limit_message
 
   def __call__(self, *args, **kwargs):
+    if self.limit and self.calls >= self.limit:
+      raise ODEBudgetError(self.limit_message or f'more than {self.limit} function evaluations')
     self.calls += 1
     return self.fn(*args, **kwargs)
 
@@ -415,7 +424,7 @@ def resolve_ode_method(method: str, solver: str) -> str:
 
 
 def solve_ode(fn, y0: torch.Tensor, t0: float, t1: float, *, solver='torchdiffeq', method='RK45', rtol=1e-5,
-              atol=1e-5):
+              atol=1e-5, max_nfe=0):
   """Integrates dy/dt = fn(t, y) from ``t0`` to ``t1`` (either direction) and returns ``(y(t1), nfe)``.
 
   ``fn(t, y)`` receives a 0-dim time tensor and ``y`` shaped, typed and placed like ``y0``, and returns a
@@ -423,9 +432,13 @@ def solve_ode(fn, y0: torch.Tensor, t0: float, t1: float, *, solver='torchdiffeq
   in float64); ``solver='scipy'`` runs ``scipy.integrate.solve_ivp`` on a float64 host copy and calls
   ``fn`` on ``y0``'s device/dtype (one device↔host round trip per evaluation, as the official code).
   The error norm is the RMS over all entries of ``y`` in both cases. ``nfe`` = calls of ``fn``.
+  ``max_nfe`` > 0 stops a solve that needs more evaluations with ``ODEBudgetError`` (a diverged score
+  makes the ODE stiff and the adaptive solver crawl instead of failing).
   """
   method = resolve_ode_method(method, solver)
-  counted = CountedFn(fn)
+  counted = CountedFn(fn, max_nfe, f'the ODE from t={t0:g} to t={t1:g} needed more than {max_nfe} evaluations '
+                                   f'(rtol {rtol:g}, atol {atol:g}): the score is probably diverged, or raise '
+                                   'sampling.ode_max_nfe (0 = no limit)')
   if solver == 'torchdiffeq':
     times = torch.tensor([t0, t1], dtype=torch.float64, device=y0.device)
     # step_t makes the last step end exactly on t1: torchdiffeq otherwise steps past t1 and interpolates,
@@ -450,7 +463,7 @@ def solve_ode(fn, y0: torch.Tensor, t0: float, t1: float, *, solver='torchdiffeq
 
 
 def sample_ode(score_fn, sde, x, eps, method='RK45', rtol=1e-5, atol=1e-5, solver='torchdiffeq', denoise=True,
-               progress=False):
+               progress=False, max_nfe=0):
   """Probability-flow ODE sampling: integrates dx/dt = f(x,t) - g(t)² s(x,t)/2 from ``T`` down to ``eps``.
 
   With ``denoise`` one reverse-diffusion predictor step (no noise, ``probability_flow=False``) is
@@ -461,7 +474,7 @@ def sample_ode(score_fn, sde, x, eps, method='RK45', rtol=1e-5, atol=1e-5, solve
     sde: the forward ``sde_lib.SDE``.
     x: the starting point x_T [B, ...].
     eps: end time of the integration.
-    method, rtol, atol, solver: see ``solve_ode``.
+    method, rtol, atol, solver, max_nfe: see ``solve_ode``.
     progress: show a tqdm counter of the network evaluations.
 
   Returns:
@@ -476,7 +489,7 @@ def sample_ode(score_fn, sde, x, eps, method='RK45', rtol=1e-5, atol=1e-5, solve
     return rsde.sde(y, batch_time(t, y))[0]
 
   try:
-    x, _ = solve_ode(drift, x, sde.T, eps, solver=solver, method=method, rtol=rtol, atol=atol)
+    x, _ = solve_ode(drift, x, sde.T, eps, solver=solver, method=method, rtol=rtol, atol=atol, max_nfe=max_nfe)
   finally:
     bar.close()
   if denoise:
@@ -550,7 +563,8 @@ def get_sampling_fn(config, sde, shape, inverse_scaler, eps=None, progress=False
 
     def run(score_fn, x, generator):
       return sample_ode(score_fn, sde, x, eps, method=s.ode_method, rtol=s.ode_rtol, atol=s.ode_atol,
-                        solver=solver, denoise=s.noise_removal, progress=progress)
+                        solver=solver, denoise=s.noise_removal, progress=progress,
+                        max_nfe=s.get('ode_max_nfe', 0))
 
   else:
     raise ValueError(f"unknown sampling method {s.method!r}; valid: ode, pc")

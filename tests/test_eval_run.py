@@ -1,4 +1,5 @@
 """--mode eval end to end (toy and tiny images), dataset NLL against an exact Gaussian, and the CLI's refusals."""
+import copy
 import json
 import math
 import os
@@ -106,6 +107,16 @@ def test_missing_checkpoints_are_refused_and_nothing_is_written(tmp_path, toy_ru
   with pytest.raises(E.EvaluationError, match='checkpoint_2.pth, .*checkpoint_3.pth'):
     E.evaluate(config, workdir, 'obtuse', eval_folder='range', progress=False)
   assert not os.path.exists(os.path.join(workdir, 'range'))
+
+
+def test_ode_budget_stops_the_evaluation_before_results_are_written(toy_run):
+  config, workdir = toy_run
+  config = copy.deepcopy(config)
+  config.eval.enable_bpd, config.eval.enable_sampling = True, False
+  config.sampling.ode_max_nfe = 3
+  with pytest.raises(ValueError, match='needed more than 3 evaluations'):
+    E.evaluate(config, workdir, 'obtuse', eval_folder='budget', progress=False)
+  assert not os.path.exists(os.path.join(workdir, 'budget', 'results.json'))
 
 
 def digits_config(root):

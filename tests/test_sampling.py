@@ -15,6 +15,8 @@ equilibrate (as in NCSN it needs many steps per level) — is checked at a fixed
 """
 import math
 
+import math
+
 import pytest
 import torch
 
@@ -95,6 +97,19 @@ def test_unknown_ode_method_is_refused():
   sampling.get_sampling_fn(config, make_sde('vp'), (4, 2), identity)  # fine with scipy
   assert sampling.resolve_ode_method('RK23', 'torchdiffeq') == 'bosh3'
   assert sampling.resolve_ode_method('dopri5', 'scipy') == 'RK45'
+
+
+@pytest.mark.parametrize('solver', ['torchdiffeq', 'scipy'])
+def test_ode_evaluation_budget(solver):
+  """dy/dt = −y on [0, 1]: y(1) = e⁻¹; a budget below the solver's need stops it with a message."""
+  y0 = torch.ones(3, dtype=torch.float64)
+  y1, nfe = sampling.solve_ode(lambda t, y: -y, y0, 0., 1., solver=solver, max_nfe=0)
+  torch.testing.assert_close(y1, torch.full((3,), math.exp(-1.), dtype=torch.float64), rtol=1e-4, atol=0)
+  assert nfe > 6
+  same, nfe_again = sampling.solve_ode(lambda t, y: -y, y0, 0., 1., solver=solver, max_nfe=nfe)
+  assert nfe_again == nfe                                   # a budget equal to the need is enough
+  with pytest.raises(sampling.ODEBudgetError, match=f'needed more than {nfe - 1} evaluations.*ode_max_nfe'):
+    sampling.solve_ode(lambda t, y: -y, y0, 0., 1., solver=solver, max_nfe=nfe - 1)
 
 
 # ---- one step of each update rule against formulas written out here ----
