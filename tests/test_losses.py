@@ -330,5 +330,5 @@ def test_presets():
   with pytest.raises(ValueError, match="builds on --task obtuse"):
     presets.apply_preset(config, 'square')
   config.unlearn.preset = 'best-ever'
-  with pytest.raises(ValueError, match="unknown unlearn.preset 'best-ever'; valid: toy-best"):
+  with pytest.raises(ValueError, match="unknown unlearn.preset 'best-ever'; valid: mnist-best, toy-best"):
     presets.apply_preset(config, 'obtuse')
