@@ -8,29 +8,26 @@ See docs/unlearning.md for how each preset was chosen and what it measures.
 """
 import losses
 
+def _ratio_preset(push, t_min, t_max, config_file, checkpoint, note=''):
+  """An Obtuse ``ratio`` preset (every step, α = 0.98) over t ∈ [t_min, t_max], with a frozen model trained on
+  D_g only as its reference; ``reference`` tells how to train that model for ``config_file``."""
+  how = (f'a model of the same architecture trained on D_g only, e.g. `python main.py --config {config_file} '
+         f'--workdir W_unseen --task unseen --mode train`, then '
+         f'--config.unlearn.reference=W_unseen/checkpoints/{checkpoint}{note}')
+  return {'task': 'obtuse',
+          'unlearn': {'obtuse_form': 'ratio', 'push': push, 'alpha': 0.98, 'forget_every': 1,
+                      'forget_t_min': t_min, 'forget_t_max': t_max},
+          'reference': how}
+
+
 PRESETS = {
   # The 2-D toy's best measured setting (docs/unlearning.md): Obtuse as a regression onto the reference
-  # score pushed along log(p_ref / p_f), applied at every step but only at small noise levels, with a
-  # frozen model trained on D_g only as the reference.
-  'toy-best': {
-    'task': 'obtuse',
-    'unlearn': {'obtuse_form': 'ratio', 'push': 16., 'alpha': 0.98, 'forget_every': 1,
-                'forget_t_min': 0., 'forget_t_max': 0.1},
-    'reference': ('a model trained on D_g only, e.g. `python main.py --config configs/toy/gmm2d.py '
-                  '--workdir W_unseen --task unseen --mode train`, then '
-                  '--config.unlearn.reference=W_unseen/checkpoints/checkpoint_1.pth '
-                  '(python -m experiments.toy_gmm2d trains and passes it itself)'),
-  },
-  # The best measured setting on images (MNIST-5k, digit 3; docs/unlearning.md): the same ratio form with
-  # a small push, applied over the middle of the time range, where classes separate.
-  'mnist-best': {
-    'task': 'obtuse',
-    'unlearn': {'obtuse_form': 'ratio', 'push': 1., 'alpha': 0.98, 'forget_every': 1,
-                'forget_t_min': 0.2, 'forget_t_max': 0.7},
-    'reference': ('a model of the same architecture trained on D_g only, e.g. `python main.py --config '
-                  'configs/mnist/mnist5k_small.py --workdir W_unseen --task unseen --mode train`, then '
-                  '--config.unlearn.reference=W_unseen/checkpoints/checkpoint_3.pth'),
-  },
+  # score pushed along log(p_ref / p_f), at every step but only at small noise levels.
+  'toy-best': _ratio_preset(16., 0., 0.1, 'configs/toy/gmm2d.py', 'checkpoint_1.pth',
+                            ' (python -m experiments.toy_gmm2d trains and passes it itself)'),
+  # The best measured setting on images (MNIST-5k, digit 3; docs/unlearning.md): the same form with a
+  # small push, over the middle of the time range, where classes separate.
+  'mnist-best': _ratio_preset(1., 0.2, 0.7, 'configs/mnist/mnist5k_small.py', 'checkpoint_3.pth'),
 }
 
 
