@@ -29,6 +29,7 @@ from scipy import integrate
 from tqdm.auto import tqdm
 
 import sde_lib
+from cuda_graphs import maybe_graphed
 from models import utils as mutils
 from tensor_utils import append_dims
 
@@ -463,7 +464,7 @@ def solve_ode(fn, y0: torch.Tensor, t0: float, t1: float, *, solver='torchdiffeq
 
 
 def sample_ode(score_fn, sde, x, eps, method='RK45', rtol=1e-5, atol=1e-5, solver='torchdiffeq', denoise=True,
-               progress=False, max_nfe=0):
+               progress=False, max_nfe=0, cuda_graph=True):
   """Probability-flow ODE sampling: integrates dx/dt = f(x,t) - g(t)² s(x,t)/2 from ``T`` down to ``eps``.
 
   With ``denoise`` one reverse-diffusion predictor step (no noise, ``probability_flow=False``) is
@@ -476,25 +477,35 @@ def sample_ode(score_fn, sde, x, eps, method='RK45', rtol=1e-5, atol=1e-5, solve
     eps: end time of the integration.
     method, rtol, atol, solver, max_nfe: see ``solve_ode``.
     progress: show a tqdm counter of the network evaluations.
+    cuda_graph: for ``x`` on a CUDA device, replay the drift from a captured CUDA graph
+      (``cuda_graphs.maybe_graphed``: same numbers, far fewer kernel launches; one warm-up evaluation,
+      counted in ``nfe``). No effect on the CPU.
 
   Returns:
     ``(samples [B, ...], nfe)``; nfe counts the solver's evaluations plus the denoising one.
   """
-  counted = CountedFn(score_fn)
-  rsde = sde.reverse(counted, probability_flow=True)
+  rsde = sde.reverse(score_fn, probability_flow=True)
   bar = tqdm(desc='ODE sampling (nfe)', disable=not progress, leave=False)
+
+  def velocity(y, t):
+    return rsde.sde(y, t)[0]
+
+  velocity, extra = maybe_graphed(velocity, (x, batch_time(sde.T, x)), cuda_graph)
 
   def drift(t, y):
     bar.update(1)
-    return rsde.sde(y, batch_time(t, y))[0]
+    return velocity(y, batch_time(t, y))
 
   try:
-    x, _ = solve_ode(drift, x, sde.T, eps, solver=solver, method=method, rtol=rtol, atol=atol, max_nfe=max_nfe)
+    x, nfe = solve_ode(drift, x, sde.T, eps, solver=solver, method=method, rtol=rtol, atol=atol,
+                       max_nfe=max_nfe)
   finally:
     bar.close()
+  nfe += extra
   if denoise:
-    _, x = ReverseDiffusionPredictor(sde, counted, probability_flow=False).update_fn(x, batch_time(eps, x))
-  return x, counted.calls
+    _, x = ReverseDiffusionPredictor(sde, score_fn, probability_flow=False).update_fn(x, batch_time(eps, x))
+    nfe += 1
+  return x, nfe
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -558,13 +569,14 @@ def get_sampling_fn(config, sde, shape, inverse_scaler, eps=None, progress=False
 
   elif method == 'ode':
     solver = s.get('ode_solver', 'torchdiffeq')
-    resolve_ode_method(s.ode_method, solver)
+    ode_method, rtol, atol, denoise = s.ode_method, s.ode_rtol, s.ode_atol, s.noise_removal
+    max_nfe, cuda_graph = s.get('ode_max_nfe', 0), s.get('cuda_graph', True)
+    resolve_ode_method(ode_method, solver)
     continuous = True
 
     def run(score_fn, x, generator):
-      return sample_ode(score_fn, sde, x, eps, method=s.ode_method, rtol=s.ode_rtol, atol=s.ode_atol,
-                        solver=solver, denoise=s.noise_removal, progress=progress,
-                        max_nfe=s.get('ode_max_nfe', 0))
+      return sample_ode(score_fn, sde, x, eps, method=ode_method, rtol=rtol, atol=atol, solver=solver,
+                        denoise=denoise, progress=progress, max_nfe=max_nfe, cuda_graph=cuda_graph)
 
   else:
     raise ValueError(f"unknown sampling method {s.method!r}; valid: ode, pc")

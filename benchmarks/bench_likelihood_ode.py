@@ -19,7 +19,11 @@ Hutchinson probe, eps and tolerances:
 The network is randomly initialised; its zero-initialised output layer is perturbed so that the drift
 is not trivially linear. Timings are wall-clock, best of ``--repeats`` (alternating the contenders).
 
-What to expect: per evaluation ours costs one forward F plus one backward B, the official approach
+On CUDA our right-hand side is, by default, replayed from a captured CUDA graph (``sampling.cuda_graph``):
+a small network at a small batch is bound by kernel launches on the host, which a replay issues at once.
+The row 'ours, eager (no CUDA graph)' is the same path without the graph.
+
+What to expect on a CPU: per evaluation ours costs one forward F plus one backward B, the official approach
 2F + B plus host copies, so the per-evaluation gain is at most (2F + B)/(F + B), about 1.3–1.5× when B
 costs 1–2 forwards, plus whatever the host round trips cost (negligible on a CPU). The wall-clock
 ratio also depends on the number of evaluations, which differs slightly between torchdiffeq's dopri5
@@ -199,6 +203,10 @@ def main(argv=None):
     'official (scipy, 2 fwd + 1 VJP)': lambda: official_likelihood(sde, model, data, probe, inverse_scaler,
                                                                    args.rtol, args.atol, 'RK45', args.eps),
   }
+  if args.device.type == 'cuda':  # the default above replays a CUDA graph; this is the same without it
+    ours_eager_fn = likelihood.get_likelihood_fn(sde, inverse_scaler, rtol=args.rtol, atol=args.atol, eps=args.eps,
+                                                 exact_divergence=False, cuda_graph=False)
+    contenders['ours, eager (no CUDA graph)'] = lambda: ours_eager_fn(model, data, probe_gen())
   warm_up(model, sde, data)
   results = run_contenders(contenders, args)
   ref = results['official (scipy, 2 fwd + 1 VJP)']
@@ -216,14 +224,16 @@ def main(argv=None):
     cfg.sampling.method, cfg.sampling.noise_removal = 'ode', True
     cfg.sampling.ode_rtol, cfg.sampling.ode_atol = args.rtol, args.atol
     fns = {}
-    for solver in ('torchdiffeq', 'scipy'):
-      cfg.sampling.ode_solver = solver
-      fns[solver] = sampling.get_sampling_fn(cfg, sde, tuple(data.shape), lambda x: x, eps)
+    for solver, graph in (('torchdiffeq', True), ('scipy', True), ('torchdiffeq', False)):
+      cfg.sampling.ode_solver, cfg.sampling.cuda_graph = solver, graph
+      fns[solver, graph] = sampling.get_sampling_fn(cfg, sde, tuple(data.shape), lambda x: x, eps)
     contenders = {
-      'ours (torchdiffeq)': lambda: fns['torchdiffeq'](model, z=z),
-      'ours, scipy solver': lambda: fns['scipy'](model, z=z),
+      'ours (torchdiffeq)': lambda: fns['torchdiffeq', True](model, z=z),
+      'ours, scipy solver': lambda: fns['scipy', True](model, z=z),
       'official (scipy)': lambda: official_ode_sampler(sde, model, z, args.rtol, args.atol, 'RK45', eps),
     }
+    if args.device.type == 'cuda':
+      contenders['ours, eager (no CUDA graph)'] = lambda: fns['torchdiffeq', False](model, z=z)
     results = run_contenders(contenders, args)
     ref = results['official (scipy)']
     print('\nODE sampler')

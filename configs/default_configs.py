@@ -45,6 +45,7 @@ def get_base_config():
   sampling.ode_atol = 1e-5
   sampling.ode_solver = 'torchdiffeq'    # torchdiffeq (on the data's device) | scipy (official path)
   sampling.ode_max_nfe = 5000            # per ODE solve (one batch); a diverged score stops with an error; 0 = no limit
+  sampling.cuda_graph = True             # on CUDA: replay the ODE right-hand side (sampler, likelihood) from a CUDA graph
 
   # evaluation
   config.eval = evaluate = ml_collections.ConfigDict()

@@ -3,7 +3,7 @@
     FID = ‖μ_r − μ_g‖² + Tr(Σ_r + Σ_g − 2 (Σ_r Σ_g)^{1/2})
 
 over 2048-d Inception-v3 pool features (the official MSGM code drops the ‖μ_r − μ_g‖² term; this
-module does not). The distance itself is ``pytorch_fid.fid_score.calculate_frechet_distance``.
+module does not). The distance is computed here (``frechet_distance``), equal to pytorch-fid's.
 
 Feature backends (``get_inception_features``), each the TF Inception graph of 2015-12-05:
 
@@ -153,15 +153,34 @@ def compute_statistics(images: Images, features_fn: FeaturesFn, batch_size: int 
 
 
 def frechet_distance(a: FIDStatistics, b: FIDStatistics) -> float:
-  """‖μ_a − μ_b‖² + Tr(Σ_a + Σ_b − 2 (Σ_a Σ_b)^{1/2}), by pytorch-fid's ``calculate_frechet_distance``.
+  """‖μ_a − μ_b‖² + Tr(Σ_a + Σ_b − 2 (Σ_a Σ_b)^{1/2}) in float64; ``ValueError`` when the dimensions differ.
 
-  float; ``ValueError`` when the feature dimensions differ."""
-  from pytorch_fid.fid_score import calculate_frechet_distance
+  The trace of the matrix square root is taken through the symmetric form
+  Tr (Σ_a Σ_b)^{1/2} = Tr (Σ_a^{1/2} Σ_b Σ_a^{1/2})^{1/2} = Σ_i √λ_i, with λ_i the eigenvalues of a
+  symmetric PSD matrix (clipped at 0 against round-off): real by construction, no complex parts to drop.
+  Equal to pytorch-fid's ``calculate_frechet_distance`` up to its round-off (that function passes
+  ``disp`` to ``scipy.linalg.sqrtm``, which new scipy releases no longer accept).
+  """
   if a.mu.shape != b.mu.shape:
     raise ValueError(f'feature dimensions differ: {a.mu.shape[0]} and {b.mu.shape[0]}')
-  with warnings.catch_warnings():
-    warnings.simplefilter('ignore', DeprecationWarning)  # pytorch-fid 0.3.0 passes scipy's deprecated `disp`
-    return float(calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma))
+  mu_a, mu_b = np.asarray(a.mu, np.float64), np.asarray(b.mu, np.float64)
+  sigma_a, sigma_b = _symmetric(a.sigma), _symmetric(b.sigma)
+  root_a = _psd_sqrt(sigma_a)
+  eig = np.linalg.eigvalsh(_symmetric(root_a @ sigma_b @ root_a))
+  trace_sqrt = np.sqrt(np.clip(eig, 0., None)).sum()
+  diff = mu_a - mu_b
+  return float(diff @ diff + np.trace(sigma_a) + np.trace(sigma_b) - 2. * trace_sqrt)
+
+
+def _symmetric(m) -> np.ndarray:
+  m = np.asarray(m, np.float64)
+  return (m + m.T) / 2.
+
+
+def _psd_sqrt(m: np.ndarray) -> np.ndarray:
+  """The symmetric PSD square root of a symmetric matrix (negative round-off eigenvalues clipped to 0)."""
+  eig, vec = np.linalg.eigh(m)
+  return (vec * np.sqrt(np.clip(eig, 0., None))) @ vec.T
 
 
 def compute_fid(samples: Images, reference: Union[FIDStatistics, Images], features_fn: FeaturesFn,

@@ -183,7 +183,8 @@ def evaluate(config, workdir, task='standard', eval_folder='eval', progress=True
         ll_fn = likelihood.get_log_likelihood_fn(sde, rtol=config.sampling.ode_rtol, atol=config.sampling.ode_atol,
                                                  method=config.sampling.ode_method, eps=config.training.eps,
                                                  solver=config.sampling.ode_solver,
-                                                 max_nfe=config.sampling.get('ode_max_nfe', 0))
+                                                 max_nfe=config.sampling.get('ode_max_nfe', 0),
+                                                 cuda_graph=config.sampling.get('cuda_graph', True))
         nll = {}
         for part in ('retain', 'forget'):
           nll[part] = nll_lib.dataset_nll(ll_fn, model, data.split(ev.bpd_dataset).part(part), scaler, inverse,

@@ -82,13 +82,14 @@ class Upsample(nn.Module):
     self.fir = fir
     self.with_conv = with_conv
     self.fir_kernel = fir_kernel
+    self.register_buffer('fir_kernel_2d', updown.fir_kernel_buffer(fir_kernel), persistent=False)
     self.out_ch = out_ch
 
   def forward(self, x):
     if self.fir:
       if self.with_conv:
         return self.Conv2d_0(x)
-      return updown.upsample_2d(x, self.fir_kernel, factor=2)
+      return updown.upsample_2d(x, self.fir_kernel_2d, factor=2)
     h = F.interpolate(x, scale_factor=2, mode='nearest')
     return self.Conv_0(h) if self.with_conv else h
 
@@ -112,13 +113,14 @@ class Downsample(nn.Module):
     self.fir = fir
     self.with_conv = with_conv
     self.fir_kernel = fir_kernel
+    self.register_buffer('fir_kernel_2d', updown.fir_kernel_buffer(fir_kernel), persistent=False)
     self.out_ch = out_ch
 
   def forward(self, x):
     if self.fir:
       if self.with_conv:
         return self.Conv2d_0(x)
-      return updown.downsample_2d(x, self.fir_kernel, factor=2)
+      return updown.downsample_2d(x, self.fir_kernel_2d, factor=2)
     if self.with_conv:
       return self.Conv_0(F.pad(x, (0, 1, 0, 1)))
     return F.avg_pool2d(x, kernel_size=2, stride=2)
@@ -160,14 +162,16 @@ class ResnetBlockBigGANpp(nn.Module):
     self.act = act
     self.up, self.down = up, down
     self.fir, self.fir_kernel = fir, fir_kernel
+    self.register_buffer('fir_kernel_2d', updown.fir_kernel_buffer(fir_kernel), persistent=False)
     self.in_ch, self.out_ch = in_ch, out_ch
     self.skip_rescale = skip_rescale
 
   def _resample(self, x):
     if self.up:
-      return updown.upsample_2d(x, self.fir_kernel, factor=2) if self.fir else updown.naive_upsample_2d(x, 2)
+      return updown.upsample_2d(x, self.fir_kernel_2d, factor=2) if self.fir else updown.naive_upsample_2d(x, 2)
     if self.down:
-      return updown.downsample_2d(x, self.fir_kernel, factor=2) if self.fir else updown.naive_downsample_2d(x, 2)
+      return (updown.downsample_2d(x, self.fir_kernel_2d, factor=2) if self.fir
+              else updown.naive_downsample_2d(x, 2))
     return x
 
   def forward(self, x, temb=None):

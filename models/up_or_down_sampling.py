@@ -60,8 +60,18 @@ def setup_kernel(k):
   return k / np.sum(k)
 
 
+def fir_kernel_buffer(k) -> torch.Tensor:
+  """The normalised 2-D kernel of ``k`` (see ``setup_kernel``) as a float32 tensor, for a module's
+  non-persistent buffer: passed as ``k`` it moves with the module, so no forward builds the kernel on the
+  host and copies it to the device (a copy that also rules out CUDA-graph capture)."""
+  return torch.as_tensor(setup_kernel(k), dtype=torch.float32)
+
+
 def _kernel_tensor(k, factor, scale, x):
-  """The normalised kernel times ``scale`` as a tensor on ``x``'s device and dtype; defaults to a box."""
+  """The normalised kernel times ``scale`` on ``x``'s device and dtype; defaults to a box. A tensor ``k``
+  is taken as already normalised and 2-D (``fir_kernel_buffer``)."""
+  if torch.is_tensor(k):
+    return k.to(device=x.device, dtype=x.dtype) * scale
   k = setup_kernel([1] * factor if k is None else k) * scale
   return torch.as_tensor(k, device=x.device, dtype=x.dtype)
 
@@ -156,13 +166,14 @@ class Conv2d(nn.Module):
     self.up = up
     self.down = down
     self.resample_kernel = resample_kernel
+    self.register_buffer('fir_kernel_2d', fir_kernel_buffer(resample_kernel), persistent=False)
     self.kernel = kernel
 
   def forward(self, x):
     if self.up:
-      h = upsample_conv_2d(x, self.weight, k=self.resample_kernel)
+      h = upsample_conv_2d(x, self.weight, k=self.fir_kernel_2d)
     elif self.down:
-      h = conv_downsample_2d(x, self.weight, k=self.resample_kernel)
+      h = conv_downsample_2d(x, self.weight, k=self.fir_kernel_2d)
     else:
       h = F.conv2d(x, self.weight, padding=self.kernel // 2)
     if self.bias is not None:

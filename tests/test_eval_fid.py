@@ -1,6 +1,7 @@
 """Tests of evaluation/fid.py with a tiny deterministic stand-in feature function (the Inception
 networks run at ~8 images/s on a CPU; the real one is exercised by the slow test at the end)."""
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -72,6 +73,30 @@ def test_frechet_distance_of_rotated_covariance():
   expected = 4 + lam.sum() - 2 * np.sqrt(lam).sum()
   got = fid.frechet_distance(fid.FIDStatistics(np.zeros(4), np.eye(4), 9), fid.FIDStatistics(np.zeros(4), s2, 9))
   assert got == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize('n', [50, 8])  # n = 8 < 12 dimensions: singular covariances, as with few samples
+def test_frechet_distance_of_general_covariances_matches_the_matrix_square_root(n):
+  """Non-commuting covariances: against Tr sqrtm(Σ_a Σ_b) from scipy directly, and pytorch-fid's function
+  where the installed scipy still accepts the ``disp`` argument it passes."""
+  from scipy import linalg
+  rng = np.random.default_rng(3)
+  fa, fb = rng.normal(size=(n, 12)) @ rng.normal(size=(12, 12)), rng.normal(size=(n, 12)) + 0.3
+  a = fid.FIDStatistics(fa.mean(0), np.cov(fa, rowvar=False), n)
+  b = fid.FIDStatistics(fb.mean(0), np.cov(fb, rowvar=False), n)
+  root = linalg.sqrtm(a.sigma @ b.sigma)
+  expected = (np.sum((a.mu - b.mu) ** 2) + np.trace(a.sigma) + np.trace(b.sigma) - 2 * np.trace(root).real)
+  got = fid.frechet_distance(a, b)
+  assert got == pytest.approx(expected, rel=1e-6, abs=1e-6)
+  assert fid.frechet_distance(b, a) == pytest.approx(got, rel=1e-7)
+  from pytorch_fid.fid_score import calculate_frechet_distance
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore')
+      theirs = calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+  except TypeError as err:  # new scipy: sqrtm() got an unexpected keyword argument 'disp'
+    pytest.skip(f'pytorch-fid cannot run with this scipy: {err}')
+  assert got == pytest.approx(theirs, rel=1e-6, abs=1e-6)
 
 
 def test_statistics_merge_batches_exactly():

@@ -34,7 +34,7 @@ def test_exact_divergence_matches_the_gaussian_density(sde_name, solver, device)
   sde = make_sde(sde_name)
   model = GaussianScoreModel(sde, MEAN, COV).to(device)
   x = data_at_eps(sde, 32, 1, device)
-  fn = likelihood.get_log_likelihood_fn(sde, eps=EPS, solver=solver)  # D = 3 → exact divergence
+  fn = likelihood.get_log_likelihood_fn(sde, eps=EPS, solver=solver, cuda_graph=False)  # D = 3 → exact divergence
   logp, z, nfe = fn(model, x)
   assert logp.shape == (32,) and z.shape == x.shape and logp.device.type == device.type
   assert nfe == model.calls and model.backward_calls == D * nfe  # one forward, D VJPs per evaluation
@@ -56,20 +56,23 @@ def test_exact_divergence_matches_the_gaussian_density(sde_name, solver, device)
   ('vp', 'torchdiffeq', 'Rademacher'), ('subvp', 'torchdiffeq', 'Gaussian'), ('ve', 'torchdiffeq', 'Rademacher'),
   ('vp', 'scipy', 'Gaussian')])
 def test_hutchinson_estimate_is_unbiased(sde_name, solver, hutchinson_type, device):
-  """One probe per data point: the per-point errors have mean ≈ 0; their average over 256 points is
-  within 4 standard errors of 0 and within 1% of the analytic log-density."""
-  n = 256
+  """One probe per data point: the per-point errors have mean ≈ 0; their average over n points is within
+  4 standard errors of 0, and n is large enough (per-point sd ≤ 0.6 nats) that 4 standard errors are
+  under 1% of the analytic log-density, so the 1% statement follows from unbiasedness, whatever the seed."""
+  n = 8192
   sde = make_sde(sde_name)
   model = GaussianScoreModel(sde, MEAN, COV).to(device)
   x = data_at_eps(sde, n, 2, device)
   fn = likelihood.get_log_likelihood_fn(sde, hutchinson_type=hutchinson_type, eps=EPS, solver=solver,
-                                        exact_divergence=False)
+                                        exact_divergence=False, cuda_graph=False)
   logp, z, nfe = fn(model, x, generator=torch.Generator(device).manual_seed(3))
   assert nfe == model.calls == model.backward_calls  # ONE forward and ONE VJP per evaluation
   ode_part = logp.cpu() - sde.prior_logp(z).cpu() + log_density(z, *marginal(sde, sde.T, MEAN, COV))
   reference = log_density(x, *marginal(sde, EPS, MEAN, COV))
   err = ode_part - reference
-  assert err.mean().abs() < 4 * err.std() / math.sqrt(n) + 1e-3
+  four_se = 4 * err.std() / math.sqrt(n)
+  assert four_se < 0.01 * reference.mean().abs()
+  assert err.mean().abs() < four_se + 1e-3
   assert (err.mean() / reference.mean()).abs() < 0.01
   assert ((logp.cpu() - reference).mean() / reference.mean()).abs() < 0.01
 

@@ -33,9 +33,10 @@ COV = random_covariance(2, torch.Generator().manual_seed(0))
 
 
 def make_config(method='pc', predictor='euler_maruyama', corrector='none', probability_flow=False,
-                noise_removal=True, solver='torchdiffeq', n_steps=1, snr=0.16):
+                noise_removal=True, solver='torchdiffeq', n_steps=1, snr=0.16, cuda_graph=False):
   config = get_base_config()
   s = config.sampling
+  s.cuda_graph = cuda_graph  # eager by default here: the tests count the model's Python calls
   s.method, s.predictor, s.corrector = method, predictor, corrector
   s.probability_flow, s.noise_removal, s.ode_solver = probability_flow, noise_removal, solver
   s.n_steps_each, s.snr = n_steps, snr
