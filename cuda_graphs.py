@@ -33,25 +33,27 @@ class GraphedFn:
 
   def __init__(self, fn: Callable, example_inputs: Sequence[torch.Tensor], warmup: int = 1):
     self.static_inputs = [x.detach().clone() for x in example_inputs]
-    side = torch.cuda.Stream(device=self.static_inputs[0].device)
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-      for _ in range(warmup):
-        fn(*self.static_inputs)
-    torch.cuda.current_stream().wait_stream(side)
     self.warmup = warmup
-    self.graph = torch.cuda.CUDAGraph()
-    try:
-      with torch.cuda.graph(self.graph):
-        self.static_outputs = fn(*self.static_inputs)
-    except RuntimeError as err:  # e.g. "operation not permitted when stream is capturing"
-      torch.cuda.synchronize()
-      raise CaptureError(str(err).splitlines()[0] if str(err) else type(err).__name__, warmup) from err
+    with torch.cuda.device(self.static_inputs[0].device):  # the inputs' GPU, not necessarily the current one
+      side = torch.cuda.Stream()
+      side.wait_stream(torch.cuda.current_stream())
+      with torch.cuda.stream(side):
+        for _ in range(warmup):
+          fn(*self.static_inputs)
+      torch.cuda.current_stream().wait_stream(side)
+      self.graph = torch.cuda.CUDAGraph()
+      try:
+        with torch.cuda.graph(self.graph):
+          self.static_outputs = fn(*self.static_inputs)
+      except RuntimeError as err:  # e.g. "operation not permitted when stream is capturing"
+        torch.cuda.synchronize()
+        raise CaptureError(str(err).splitlines()[0] if str(err) else type(err).__name__, warmup) from err
 
   def __call__(self, *inputs: torch.Tensor):
     for static, x in zip(self.static_inputs, inputs):
       static.copy_(x)
-    self.graph.replay()
+    with torch.cuda.device(self.static_inputs[0].device):
+      self.graph.replay()
     if isinstance(self.static_outputs, torch.Tensor):
       return self.static_outputs.clone()
     return tuple(out.clone() for out in self.static_outputs)
