@@ -121,8 +121,8 @@ def get_log_likelihood_fn(sde, hutchinson_type='Rademacher', rtol=1e-5, atol=1e-
       that cannot be captured falls back to eager evaluation with a warning). No effect on the CPU.
 
   ``z`` is the latent (the ODE state at ``T``) and ``nfe`` the number of network forwards (= evaluations
-  of the ODE's right-hand side, plus the one warm-up evaluation of a CUDA-graph capture). The divergence needs autograd: call it under ``torch.no_grad()`` if you
-  like, but not under ``torch.inference_mode()``.
+  of the ODE's right-hand side, plus the one warm-up evaluation of a CUDA-graph capture). The divergence
+  needs autograd: call it under ``torch.no_grad()`` if you like, but not under ``torch.inference_mode()``.
   """
 
   def log_likelihood_fn(model, data, generator=None):
