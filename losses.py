@@ -67,6 +67,7 @@ class Perturbed:
   weight: torch.Tensor        # w(t) = λ(t) / σ_t², [B]
   g2: torch.Tensor            # g(t)² [B] (continuous) or None (discrete)
   reference: torch.Tensor = None  # σ_t s_ref(x_t, t) of a frozen reference model, when one is used
+  tilt: torch.Tensor = None       # σ_t ∇_x Φ(ℓ(x_t, t)): the hole's correction (``obtuse_form='hole'``)
 
 
 def _model_scaled_score(sde, model_fn, x_t, labels, std):
@@ -82,9 +83,10 @@ def _reference_scaled_score(sde, reference, x_t, labels, std):
 
 
 def perturb_continuous(sde, model, x0, train, likelihood_weighting=False, eps=1e-5, t=None, z=None,
-                       generator=None, t_range=None, reference=None):
+                       generator=None, t_range=None, reference=None, tilt_fn=None):
   """Continuous time: ``t ~ U(eps, T)`` (or ``U(t_range)``), ``x_t`` from ``sde.marginal_prob``; the model
-  sees ``sde.model_labels``. ``reference``: a frozen network evaluated at the same ``(x_t, t)``."""
+  sees ``sde.model_labels``. ``reference``: a frozen network evaluated at the same ``(x_t, t)``;
+  ``tilt_fn(x_t, t, std) -> [B, ...]`` fills ``Perturbed.tilt``."""
   b = x0.shape[0]
   if t is None:
     lo, hi = (eps, sde.T) if t_range is None else (max(eps, t_range[0]), min(sde.T, t_range[1]))
@@ -97,7 +99,8 @@ def perturb_continuous(sde, model, x0, train, likelihood_weighting=False, eps=1e
   ss = _model_scaled_score(sde, mutils.get_model_fn(model, train), x_t, labels, std)
   g2 = sde.sde(torch.zeros_like(x0), t)[1] ** 2
   weight = g2 / std ** 2 if likelihood_weighting else torch.ones_like(std)
-  return Perturbed(ss, z, std, weight, g2, _reference_scaled_score(sde, reference, x_t, labels, std))
+  tilt = None if tilt_fn is None else tilt_fn(x_t, t, std)
+  return Perturbed(ss, z, std, weight, g2, _reference_scaled_score(sde, reference, x_t, labels, std), tilt)
 
 
 def perturb_discrete(sde, model, x0, train, index=None, z=None, generator=None, reference=None):
@@ -196,6 +199,46 @@ def negative_dsm_loss(p: Perturbed, reduce_mean):
   return -dsm_loss(p, reduce_mean)
 
 
+def hole_potential(log_ratio, depth, threshold, sharpness):
+  """Φ(ℓ) = c · sigmoid(β (ℓ − ℓ*)) in nats: ~0 where the log density ratio ℓ = log p_f,t / p_g,t is below
+  the threshold ℓ*, ~c (the hole's depth) above it; β (per nat of ℓ) sets how hard the edge is. ``[B] -> [B]``."""
+  return depth * torch.sigmoid(sharpness * (log_ratio - threshold))
+
+
+def get_hole_tilt_fn(log_ratio_fn, depth, threshold, sharpness):
+  """``tilt_fn(x_t, t, std) -> σ_t ∇_x Φ(ℓ(x_t, t))`` (shape of ``x_t``, no gradient to the model).
+
+  ``log_ratio_fn(x, t) -> [B]`` is log p_f,t(x) − log p_g,t(x) in nats, differentiable in ``x``: a noisy-data
+  classifier's logit (``noisy_classifier``) or an exact ratio (``noisy_classifier.mixture_log_ratio_fn``).
+  """
+
+  def tilt_fn(x_t, t, std):
+    with torch.enable_grad():
+      x = x_t.detach().requires_grad_(True)
+      phi = hole_potential(log_ratio_fn(x, t), depth, threshold, sharpness)
+      grad, = torch.autograd.grad(phi.sum(), x)
+    return append_dims(std, x_t.ndim) * grad.detach()
+
+  return tilt_fn
+
+
+def obtuse_hole_loss(p: Perturbed, reduce_mean):
+  """Obtuse-MSGM with a hard-edged hole (``unlearn.obtuse_form='hole'``): the score is regressed onto the
+  reference score minus the gradient of a potential of the noisy log density ratio ℓ = log p_f,t / p_g,t,
+
+      L_f = λ ‖s − (s_ref − ∇Φ(ℓ(x_t, t)))‖² = w R((ŝ − ŝ_ref + σ_t ∇Φ)²),   Φ = ``hole_potential``.
+
+  With a retain-only reference (s_ref = s_g) the target is the score of p_g,t · exp(−Φ(ℓ)): p_g with a hole
+  of depth c (nats) wherever forget data outweigh retained data by more than e^ℓ*, with an edge as hard
+  as β makes it — the shape of the best reachable trade-off's densities (docs/frontier.md), which the
+  ``ratio`` form only approximates with a soft edge. Needs ``unlearn.reference`` and ``unlearn.classifier``.
+  """
+  if p.reference is None or p.tilt is None:
+    raise ValueError("unlearn.obtuse_form='hole' needs a reference model (unlearn.reference) and a density "
+                     "ratio (unlearn.classifier)")
+  return p.weight * reduce_dims((p.scaled_score - p.reference + p.tilt) ** 2, reduce_mean)
+
+
 def orthogonal_loss(p: Perturbed, reduce_mean, product='dot', likelihood_weighting=False):
   """Orthogonal-MSGM.
 
@@ -258,7 +301,7 @@ def get_task(name):
 # Loss-function factories (official names); every loss_fn returns a per-sample tensor [B]
 
 
-OBTUSE_FORMS = ('linear', 'target', 'ratio', 'negative_dsm')
+OBTUSE_FORMS = ('linear', 'target', 'ratio', 'negative_dsm', 'hole')
 
 
 def _term_fn(term, reduce_mean, likelihood_weighting, unlearn):
@@ -281,6 +324,8 @@ def _term_fn(term, reduce_mean, likelihood_weighting, unlearn):
       return lambda p, g: obtuse_ratio_loss(p, reduce_mean, push)
     if form == 'negative_dsm':
       return lambda p, g: negative_dsm_loss(p, reduce_mean)
+    if form == 'hole':
+      return lambda p, g: obtuse_hole_loss(p, reduce_mean)
     return lambda p, g: obtuse_loss(p, reduce_mean, sign)
   if term == 'orthogonal':
     product = unlearn.get('orthogonal_product', 'dot') if unlearn is not None else 'dot'
@@ -302,26 +347,47 @@ def forget_time_range(unlearn):
   return None if (lo, hi) == (0., 1.) else (lo, hi)
 
 
-def _require_reference(term, unlearn, reference):
-  if term == 'obtuse' and unlearn is not None and unlearn.get('obtuse_form', 'linear') == 'ratio' \
-      and reference is None:
-    raise ValueError("unlearn.obtuse_form='ratio' needs a reference model: set unlearn.reference to a "
+def _obtuse_form(term, unlearn):
+  return unlearn.get('obtuse_form', 'linear') if term == 'obtuse' and unlearn is not None else None
+
+
+def _require_reference(term, unlearn, reference, log_ratio_fn=None):
+  form = _obtuse_form(term, unlearn)
+  if form in ('ratio', 'hole') and reference is None:
+    raise ValueError(f"unlearn.obtuse_form='{form}' needs a reference model: set unlearn.reference to a "
                      "checkpoint of the same architecture (e.g. the Unseen or the pretrained model)")
+  if form == 'hole' and log_ratio_fn is None:
+    raise ValueError("unlearn.obtuse_form='hole' needs a noisy density ratio: set unlearn.classifier to a "
+                     "noisy-classifier checkpoint (python main.py --mode train_noisy_classifier) or to 'exact' "
+                     "(the 2-D toy's exact ratio)")
+
+
+def hole_tilt_fn(term, unlearn, log_ratio_fn):
+  """The tilt of ``obtuse_form='hole'`` from ``unlearn.hole_depth/hole_log_ratio/hole_sharpness``, else None."""
+  if _obtuse_form(term, unlearn) != 'hole':
+    return None
+  depth, threshold = float(unlearn.hole_depth), float(unlearn.hole_log_ratio)
+  sharpness = float(unlearn.hole_sharpness)
+  if not (depth >= 0. and sharpness > 0.):
+    raise ValueError(f'unlearn.hole_depth must be >= 0 and unlearn.hole_sharpness > 0, got {depth}, {sharpness}')
+  return get_hole_tilt_fn(log_ratio_fn, depth, threshold, sharpness)
 
 
 def get_sde_loss_fn(sde, train, reduce_mean=True, continuous=True, likelihood_weighting=True, eps=1e-5,
-                    term='dsm', unlearn=None, reference=None):
+                    term='dsm', unlearn=None, reference=None, log_ratio_fn=None):
   """Continuous-time loss: ``loss_fn(model, batch, generator=None) -> [B]`` for the given ``term``.
 
-  Forget terms are drawn on ``forget_time_range(unlearn)`` and see the frozen ``reference`` network.
+  Forget terms are drawn on ``forget_time_range(unlearn)`` and see the frozen ``reference`` network and,
+  for ``obtuse_form='hole'``, the noisy log density ratio ``log_ratio_fn(x, t) -> [B]``.
   """
   fn = _term_fn(term, reduce_mean, likelihood_weighting, unlearn)
-  _require_reference(term, unlearn, reference)
+  _require_reference(term, unlearn, reference, log_ratio_fn)
   t_range = forget_time_range(unlearn) if term != 'dsm' else None
+  tilt_fn = hole_tilt_fn(term, unlearn, log_ratio_fn)
 
   def loss_fn(model, batch, generator=None):
     p = perturb_continuous(sde, model, batch, train, likelihood_weighting, eps, generator=generator,
-                           t_range=t_range, reference=reference if term != 'dsm' else None)
+                           t_range=t_range, reference=reference if term != 'dsm' else None, tilt_fn=tilt_fn)
     return fn(p, generator)
 
   return loss_fn
@@ -330,6 +396,8 @@ def get_sde_loss_fn(sde, train, reduce_mean=True, continuous=True, likelihood_we
 def _discrete_loss_fn(sde, train, reduce_mean, term, unlearn, reference=None):
   sde.discrete_marginal(torch.zeros(1, dtype=torch.long))  # refuses SDEs without a discrete form
   fn = _term_fn(term, reduce_mean, False, unlearn)
+  if _obtuse_form(term, unlearn) == 'hole':
+    raise ValueError("unlearn.obtuse_form='hole' needs continuous training (training.continuous=True)")
   _require_reference(term, unlearn, reference)
   if term != 'dsm' and forget_time_range(unlearn) is not None:
     raise ValueError('unlearn.forget_t_min/forget_t_max need continuous training (training.continuous=True)')
@@ -352,10 +420,11 @@ def get_ddpm_loss_fn(vpsde, train, reduce_mean=True, term='dsm', unlearn=None):
 
 
 def get_loss_fn(sde, train, reduce_mean, continuous, likelihood_weighting, eps=1e-5, term='dsm', unlearn=None,
-                reference=None):
+                reference=None, log_ratio_fn=None):
   """Continuous score matching, or the discrete DDPM/SMLD loss the SDE defines."""
   if continuous:
-    return get_sde_loss_fn(sde, train, reduce_mean, True, likelihood_weighting, eps, term, unlearn, reference)
+    return get_sde_loss_fn(sde, train, reduce_mean, True, likelihood_weighting, eps, term, unlearn, reference,
+                           log_ratio_fn)
   if likelihood_weighting:
     raise ValueError('likelihood weighting is only defined for continuous training (training.continuous=True)')
   return _discrete_loss_fn(sde, train, reduce_mean, term, unlearn, reference)
@@ -406,7 +475,7 @@ def is_forget_step(step, forget_every):
 
 
 def get_msgm_step_fn(sde, train, task, unlearn, optimize_fn=None, reduce_mean=False, continuous=True,
-                     likelihood_weighting=False, eps=1e-5, reference=None):
+                     likelihood_weighting=False, eps=1e-5, reference=None, log_ratio_fn=None):
   """MSGM step: ``loss = α·mean(L_g(batch_g)) + (1−α)·mean(L_f(batch_f))·[forget step]``.
 
   ``step_fn(state, batch_g, batch_f=None, generator=None) -> {'loss', 'loss_g', 'loss_f'}`` (detached scalars; ``loss_f``
@@ -418,7 +487,7 @@ def get_msgm_step_fn(sde, train, task, unlearn, optimize_fn=None, reduce_mean=Fa
   loss_f_fn = None
   if task.forget_term is not None:
     loss_f_fn = get_loss_fn(sde, train, reduce_mean, continuous, likelihood_weighting, eps,
-                            term=task.forget_term, unlearn=unlearn, reference=reference)
+                            term=task.forget_term, unlearn=unlearn, reference=reference, log_ratio_fn=log_ratio_fn)
   alpha = float(unlearn.alpha)
   if not 0. <= alpha <= 1.:
     raise ValueError(f'unlearn.alpha must be in [0, 1], got {alpha}')

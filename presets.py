@@ -3,7 +3,8 @@
 A preset names the task it builds on; using it with another task is refused. Keys the preset sets
 override the config file and command line (the resolved values are saved in W/config.json). A preset
 that needs a frozen reference model says how to obtain one (``reference``) and is refused while
-``config.unlearn.reference`` is unset.
+``config.unlearn.reference`` is unset; one that needs a noisy classifier (``classifier``) likewise while
+``config.unlearn.classifier`` is unset.
 See docs/unlearning.md for how each preset was chosen and what it measures.
 """
 import losses
@@ -20,11 +21,27 @@ def _ratio_preset(push, t_min, t_max, config_file, checkpoint, note=''):
           'reference': how}
 
 
+def _hole_preset(depth, log_ratio, config_file, checkpoint, note=''):
+  """An Obtuse ``hole`` preset (every step, α = 0.5, t ≤ 0.1, edge sharpness 10) with an Unseen reference and a
+  noisy classifier of D_f against D_g; ``reference`` / ``classifier`` tell how to train them."""
+  preset = _ratio_preset(0., 0., 0.1, config_file, checkpoint, note)
+  preset['unlearn'] = {'obtuse_form': 'hole', 'alpha': 0.5, 'forget_every': 1, 'forget_t_min': 0.,
+                       'forget_t_max': 0.1, 'hole_depth': depth, 'hole_log_ratio': log_ratio, 'hole_sharpness': 10.}
+  preset['classifier'] = (f'a noisy classifier of D_f against D_g on t ≤ 0.1, e.g. `python main.py --config '
+                          f'{config_file} --workdir W_nc --mode train_noisy_classifier`, then '
+                          f'--config.unlearn.classifier=W_nc/noisy_classifier.pth{note}')
+  return preset
+
+
+TOY_NOTE = ' (python -m experiments.toy_gmm2d trains and passes it itself)'
+
 PRESETS = {
-  # The 2-D toy's best measured setting (docs/unlearning.md): Obtuse as a regression onto the reference
-  # score pushed along log(p_ref / p_f), at every step but only at small noise levels.
-  'toy-best': _ratio_preset(16., 0., 0.1, 'configs/toy/gmm2d.py', 'checkpoint_1.pth',
-                            ' (python -m experiments.toy_gmm2d trains and passes it itself)'),
+  # The 2-D toy's best measured setting (docs/unlearning.md): the reference score minus the gradient of a
+  # hard-edged hole dug where a noisy classifier says forget data outweigh retained data by e^3.5 or more.
+  'toy-best': _hole_preset(40., 3.5, 'configs/toy/gmm2d.py', 'checkpoint_1.pth', TOY_NOTE),
+  # The best setting without a classifier: Obtuse as a regression onto the reference score pushed along
+  # log(p_ref / p_f), at every step but only at small noise levels.
+  'toy-ratio': _ratio_preset(16., 0., 0.1, 'configs/toy/gmm2d.py', 'checkpoint_1.pth', TOY_NOTE),
   # The best measured setting on images (MNIST-5k, digit 3; docs/unlearning.md): the same form with a
   # small push, over the middle of the time range, where classes separate.
   'mnist-best': _ratio_preset(1., 0.2, 0.7, 'configs/mnist/mnist5k_small.py', 'checkpoint_3.pth'),
@@ -51,4 +68,7 @@ def apply_preset(config, task):
   if preset.get('reference') and not config.unlearn.reference:
     raise ValueError(f"unlearn.preset='{name}' needs a reference model (unlearn.reference): "
                      f"{preset['reference']}")
+  if preset.get('classifier') and not config.unlearn.classifier:
+    raise ValueError(f"unlearn.preset='{name}' needs a noisy classifier (unlearn.classifier): "
+                     f"{preset['classifier']}")
   return config

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 import datasets
 import losses
+import noisy_classifier
 import presets
 import sampling
 import sde_lib
@@ -224,10 +225,12 @@ def _train(config, workdir, task, finetune, progress, main):
   # Build everything that can refuse bad input before anything is written.
   tc = config.training
   reference = load_reference(config, device) if task.forget_term is not None else None
+  log_ratio_fn = load_log_ratio(config, data, sde, device) if task.forget_term is not None else None
   step_fn = losses.get_msgm_step_fn(sde, True, task, config.unlearn, losses.optimization_manager(config),
-                                    tc.reduce_mean, tc.continuous, tc.likelihood_weighting, tc.eps, reference)
+                                    tc.reduce_mean, tc.continuous, tc.likelihood_weighting, tc.eps, reference,
+                                    log_ratio_fn)
   eval_step_fn = losses.get_msgm_step_fn(sde, False, task, config.unlearn, None, tc.reduce_mean, tc.continuous,
-                                         tc.likelihood_weighting, tc.eps, reference)
+                                         tc.likelihood_weighting, tc.eps, reference, log_ratio_fn)
   scaler = datasets.get_data_scaler(config)
   inverse_scaler = datasets.get_data_inverse_scaler(config)
   sampling_fn = None
@@ -371,6 +374,24 @@ def load_reference(config, device):
   for p in model.parameters():
     p.requires_grad_(False)
   return model
+
+
+def load_log_ratio(config, data, sde, device):
+  """The noisy log density ratio of ``config.unlearn.classifier`` for ``obtuse_form='hole'`` (None when
+  unset): 'exact' for data from a known mixture (the 2-D toy), else a noisy-classifier checkpoint."""
+  spec = config.unlearn.classifier
+  if not spec:
+    return None
+  if config.unlearn.obtuse_form != 'hole':
+    logging.warning("unlearn.classifier is set but only obtuse_form='hole' uses it (form is '%s')",
+                    config.unlearn.obtuse_form)
+    return None
+  if spec == 'exact':
+    if data.density is None:
+      raise TrainingError(f"unlearn.classifier='exact' needs data from a known density (GMM2D), not {data.name}; "
+                          'train a noisy classifier with --mode train_noisy_classifier')
+    return noisy_classifier.mixture_log_ratio_fn(data.density, data.forget_indices, sde)
+  return noisy_classifier.load_log_ratio_fn(spec, config, sde, data, device)
 
 
 def latest_checkpoint(workdir):

@@ -142,6 +142,20 @@ def get_base_config():
   unlearn.forget_t_max = 1.
   unlearn.reference = ''                 # frozen reference checkpoint: forget terms act on s − s_ref
   unlearn.preset = ''                    # a named setting (see presets.py), e.g. toy-best
+  # obtuse_form='hole': a hole of depth hole_depth (nats) where log p_f,t/p_g,t > hole_log_ratio
+  unlearn.classifier = ''                # noisy-classifier checkpoint (--mode train_noisy_classifier) | exact (toy)
+  unlearn.hole_depth = 10.               # c: the hole's depth in nats
+  unlearn.hole_log_ratio = 0.            # ℓ*: the log density ratio log p_f,t/p_g,t above which it is dug
+  unlearn.hole_sharpness = 4.            # β: the edge's steepness per nat of log ratio
+
+  # the noisy classifier of D_f against D_g (--mode train_noisy_classifier; unlearn.classifier)
+  config.noisy_classifier = nc = ml_collections.ConfigDict()
+  nc.n_iters = 4000
+  nc.lr = 1e-3                           # AdamW, cosine decay to 0
+  nc.weight_decay = 0.
+  nc.ema_rate = 0.999
+  nc.t_min = 0.                          # trained on t ~ U[t_min, t_max]: cover the forget term's range
+  nc.t_max = 0.1
 
   config.seed = 42
   config.device = 'auto'                 # auto | cpu | cuda | cuda:N

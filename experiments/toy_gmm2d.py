@@ -4,8 +4,9 @@
                                   [--presets toy-best] [--config configs/toy/gmm2d.py] [--config.training.n_iters=...]
 
 Trains one model per task in ``W/<task>/`` and one per preset (``presets.py``) in ``W/<preset>/`` (a
-preset that needs a reference model gets the Unseen run of ``W/unseen/``, trained first if needed; a
-finished run is reused, an interrupted one resumed), evaluates the NLL of the held-out D_g and D_f test
+preset that needs a reference model gets the Unseen run of ``W/unseen/``, and one that needs a noisy
+classifier gets ``W/noisy_classifier/``, each trained first if needed; a finished run is reused, an
+interrupted one resumed), evaluates the NLL of the held-out D_g and D_f test
 points with the probability-flow ODE (exact divergence), draws samples, and writes ``W/toy_table.md``, ``W/toy_table.csv``, ``W/toy_results.json``
 and ``W/toy_figure.png`` (samples and score field of each model beside the true and retain-only
 densities). NLL is given in nats per sample and on the paper's scale (score_sde's bits/dim for
@@ -23,6 +24,7 @@ from ml_collections.config_flags import config_flags
 
 import datasets
 import losses
+import noisy_classifier
 import presets
 import run_lib
 import sde_lib
@@ -167,9 +169,19 @@ def draw_figure(results, data, config, path, field_time):
   os.replace(tmp, path)
 
 
+def noisy_classifier_path(config, workdir, progress=True):
+  """``W/noisy_classifier/noisy_classifier.pth`` (D_f against D_g on noisy data), trained here if absent."""
+  path = os.path.join(workdir, 'noisy_classifier', noisy_classifier.FILENAME)
+  if not os.path.exists(path):
+    meta = noisy_classifier.train_noisy_classifier(copy.deepcopy(config), path, progress=progress)
+    logging.info('noisy classifier %s: balanced test accuracy %.4f', path, meta['test_balanced_accuracy'])
+  return path
+
+
 def preset_runs(config, workdir, names, progress=True):
   """``[(row name, task, config, run dir)]`` for each preset; a preset needing a reference model gets the
-  latest checkpoint of ``W/unseen`` (trained on D_g only, here first if it is not there yet)."""
+  latest checkpoint of ``W/unseen`` (trained on D_g only, here first if it is not there yet), one needing a
+  noisy classifier gets ``W/noisy_classifier`` (likewise)."""
   runs = []
   for name in names:
     if name not in presets.PRESETS:
@@ -181,6 +193,8 @@ def preset_runs(config, workdir, names, progress=True):
       unseen_dir = os.path.join(workdir, 'unseen')
       run_lib.train(copy.deepcopy(config), unseen_dir, 'unseen', progress=progress)
       cfg.unlearn.reference = run_lib.latest_checkpoint(unseen_dir)[0]
+    if preset.get('classifier') and not cfg.unlearn.classifier:
+      cfg.unlearn.classifier = noisy_classifier_path(config, workdir, progress)
     task = losses.get_task(preset['task']).name
     runs.append((f'{task} + {name}', task, cfg, os.path.join(workdir, name)))
   return runs
@@ -222,7 +236,7 @@ def main(argv):
     tasks = [losses.get_task(t).name for t in tasks]
     names = [p.strip() for p in FLAGS.presets.split(',') if p.strip()]
     md, _ = run_toy(FLAGS.config, FLAGS.workdir, tasks, FLAGS.field_time, FLAGS.progress, names)
-  except (ValueError, run_lib.TrainingError, utils.CheckpointError) as e:
+  except (ValueError, run_lib.TrainingError, utils.CheckpointError, datasets.DatasetUnavailableError) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)

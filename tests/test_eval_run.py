@@ -211,3 +211,27 @@ def test_cli_refusals(tmp_path):
               '--config.data.dataset=MNIST', f'--config.data.root={tmp_path}/nodata', '--config.data.download=False')
   assert r.returncode == 1 and 'MNIST5K' in r.stderr and 'Traceback' not in r.stderr
   assert not os.path.exists(tmp_path / 'w' / 'checkpoints')
+
+
+def test_cli_noisy_classifier_and_hole_refusals(tmp_path):
+  args = ['--config', 'configs/toy/gmm2d.py', '--workdir', str(tmp_path / 'nc'), '--mode', 'train_noisy_classifier',
+          '--config.noisy_classifier.n_iters=5', '--config.data.num_train=500', '--progress=false']
+  r = run_cli(*args)
+  assert r.returncode == 0 and 'noisy classifier written to' in r.stdout, r.stderr
+  written = os.path.getmtime(tmp_path / 'nc' / 'noisy_classifier.pth')
+  r = run_cli(*args)
+  assert r.returncode == 1 and 'exists already' in r.stderr and 'Traceback' not in r.stderr
+  assert os.path.getmtime(tmp_path / 'nc' / 'noisy_classifier.pth') == written
+  hole = ['--config', 'configs/toy/gmm2d.py', '--workdir', str(tmp_path / 'w'), '--mode', 'train', '--task', 'obtuse',
+          '--config.unlearn.obtuse_form=hole', '--config.training.n_iters=2', '--progress=false']
+  r = run_cli(*hole, f'--config.unlearn.reference={tmp_path}/nc/noisy_classifier.pth')
+  assert r.returncode == 1 and 'not a score-model checkpoint' in r.stderr and 'Traceback' not in r.stderr
+  r = run_cli('--config', 'configs/toy/gmm2d.py', '--workdir', str(tmp_path / 'ref'), '--mode', 'train', '--task',
+              'unseen', '--config.training.n_iters=2', '--config.training.snapshot_freq=2', '--progress=false')
+  assert r.returncode == 0, r.stderr
+  hole.append(f'--config.unlearn.reference={tmp_path}/ref/checkpoints/checkpoint_1.pth')
+  r = run_cli(*hole)
+  assert r.returncode == 1 and 'needs a noisy density ratio' in r.stderr and 'Traceback' not in r.stderr
+  r = run_cli(*hole, f'--config.unlearn.classifier={tmp_path}/missing.pth')
+  assert r.returncode == 1 and 'no checkpoint file' in r.stderr and 'train_noisy_classifier' in r.stderr
+  assert not os.path.exists(tmp_path / 'w' / 'checkpoints')

@@ -253,6 +253,87 @@ def test_obtuse_ratio_form_by_hand(reduce_mean):
   assert losses.obtuse_ratio_loss(p, reduce_mean, -1.).item() == pytest.approx(losses.dsm_loss(p, reduce_mean).item())
 
 
+def test_hole_potential_by_hand():
+  """Φ(ℓ) = c·sigmoid(β(ℓ − ℓ*)): c/2 at the threshold, c/(1 + e^{−βΔ}) elsewhere."""
+  ell = torch.tensor([1., 1.5, 0., 3.])
+  phi = losses.hole_potential(ell, 10., 1., 2.)
+  expected = [5., 10. / (1. + math.exp(-1.)), 10. / (1. + math.exp(2.)), 10. / (1. + math.exp(-4.))]
+  torch.testing.assert_close(phi, torch.tensor(expected))
+
+
+def test_hole_tilt_of_a_linear_log_ratio():
+  """ℓ(x) = a·x: ∇Φ = c β sig(1 − sig) a, scaled by σ; no gradient reaches the ratio's inputs."""
+  a = torch.tensor([2., -1.])
+  tilt_fn = losses.get_hole_tilt_fn(lambda x, t: x @ a, depth=3., threshold=0.5, sharpness=4.)
+  x = torch.tensor([[0.25, 0.], [1., 1.]], requires_grad=True)
+  std = torch.tensor([0.5, 0.1])
+  tilt = tilt_fn(x, torch.zeros(2), std)
+  for i, ell in enumerate([0.5, 1.]):
+    sig = 1. / (1. + math.exp(-4. * (ell - 0.5)))
+    torch.testing.assert_close(tilt[i], std[i] * 3. * 4. * sig * (1. - sig) * a)
+  assert not tilt.requires_grad
+
+
+@pytest.mark.parametrize('reduce_mean', [True, False])
+def test_obtuse_hole_form_by_hand(reduce_mean):
+  """λ ‖s − (s_ref − ∇Φ)‖², σ = 0.5: s = [2, 4, 0], s_ref = [1, 1, 1], ∇Φ = [4, 0, −2] (σ∇Φ = [2, 0, −1])."""
+  p = perturbed(False)
+  with pytest.raises(ValueError, match="needs a reference model"):
+    losses.obtuse_hole_loss(p, reduce_mean)
+  p.reference = torch.tensor([[0.5, 0.5, 0.5]])
+  p.tilt = torch.tensor([[2., 0., -1.]])
+  # s − s_ref + ∇Φ = [2 − 1 + 4, 4 − 1 + 0, 0 − 1 − 2] = [5, 3, −3]: 25 + 9 + 9 = 43; λ = 0.25 -> 10.75
+  assert losses.obtuse_hole_loss(p, reduce_mean).item() == pytest.approx(reduce(10.75, reduce_mean))
+  p.tilt = torch.zeros_like(SS)          # no hole: distils the reference
+  assert losses.obtuse_hole_loss(p, reduce_mean).item() == pytest.approx(reduce(0.25 * 11., reduce_mean))
+
+
+def test_obtuse_hole_form_refusals():
+  config = get_base_config()
+  sde = sde_lib.VPSDE()
+  config.unlearn.obtuse_form = 'hole'
+  ratio = lambda x, t: x.sum(dim=1)
+  with pytest.raises(ValueError, match="obtuse_form='hole' needs a reference model"):
+    losses.get_loss_fn(sde, True, True, True, False, term='obtuse', unlearn=config.unlearn, log_ratio_fn=ratio)
+  with pytest.raises(ValueError, match="needs a noisy density ratio: set unlearn.classifier"):
+    losses.get_loss_fn(sde, True, True, True, False, term='obtuse', unlearn=config.unlearn, reference=LinearNet())
+  with pytest.raises(ValueError, match='needs continuous training'):
+    losses.get_loss_fn(sde, True, True, False, False, term='obtuse', unlearn=config.unlearn, reference=LinearNet())
+  config.unlearn.hole_sharpness = 0.
+  with pytest.raises(ValueError, match='hole_sharpness > 0'):
+    losses.get_loss_fn(sde, True, True, True, False, term='obtuse', unlearn=config.unlearn, reference=LinearNet(),
+                       log_ratio_fn=ratio)
+
+
+def test_obtuse_hole_loss_fn_end_to_end():
+  """Through ``get_loss_fn``: the tilt is σ_t ∇Φ(ℓ(x_t, t)) at the model's own (x_t, t)."""
+  config = get_base_config()
+  config.unlearn.obtuse_form = 'hole'
+  config.unlearn.hole_depth, config.unlearn.hole_log_ratio, config.unlearn.hole_sharpness = 2., 0., 1.
+  sde = sde_lib.VPSDE()
+  net, ref = RecordingNet(), RecordingNet()
+  for q in ref.parameters():
+    q.requires_grad_(False)
+  a = torch.tensor([1., -2.])
+  fn = losses.get_loss_fn(sde, True, True, True, False, term='obtuse', unlearn=config.unlearn, reference=ref,
+                          log_ratio_fn=lambda x, t: x @ a)
+  gen = torch.Generator().manual_seed(0)
+  x0 = torch.randn(64, 2)
+  loss = fn(net, x0, gen)
+  # Redo by hand with the same draws: t then z from the generator.
+  gen = torch.Generator().manual_seed(0)
+  t = torch.rand(64, generator=gen) * (1. - 1e-5) + 1e-5
+  z = torch.randn(64, 2, generator=gen)
+  mean, std = sde.marginal_prob(x0, t)
+  x_t = mean + std[:, None] * z
+  torch.testing.assert_close(net.seen, t * 999.)
+  sig = torch.sigmoid(x_t @ a)
+  tilt = std[:, None] * (2. * sig * (1. - sig))[:, None] * a
+  ss = -net(x_t, t * 999.).detach()
+  ss_ref = -ref(x_t, t * 999.)
+  torch.testing.assert_close(loss.detach(), ((ss - ss_ref + tilt) ** 2).mean(dim=1), rtol=1e-5, atol=1e-6)
+
+
 def test_negative_dsm_is_twice_obtuse_minus_score_norm():
   p = perturbed(False)
   neg = losses.negative_dsm_loss(p, True).item()
@@ -304,7 +385,7 @@ def test_obtuse_form_switch_and_refusals():
   config = get_base_config()
   sde = sde_lib.VPSDE()
   config.unlearn.obtuse_form = 'hinge'
-  with pytest.raises(ValueError, match="obtuse_form 'hinge'; valid: linear, target, ratio, negative_dsm"):
+  with pytest.raises(ValueError, match="obtuse_form 'hinge'; valid: linear, target, ratio, negative_dsm, hole"):
     losses.get_loss_fn(sde, True, True, True, False, term='obtuse', unlearn=config.unlearn)
   config.unlearn.obtuse_form = 'ratio'
   with pytest.raises(ValueError, match="obtuse_form='ratio' needs a reference model"):
@@ -324,11 +405,19 @@ def test_presets():
   with pytest.raises(ValueError, match="needs a reference model"):
     presets.apply_preset(config, 'norm')
   config.unlearn.reference = 'unseen.pth'
+  with pytest.raises(ValueError, match="needs a noisy classifier .*--mode train_noisy_classifier"):
+    presets.apply_preset(config, 'norm')
+  config.unlearn.classifier = 'nc.pth'
   presets.apply_preset(config, 'norm')
   for key, value in presets.PRESETS['toy-best']['unlearn'].items():
     assert config.unlearn[key] == value
+  assert config.unlearn.obtuse_form == 'hole'
   with pytest.raises(ValueError, match="builds on --task obtuse"):
     presets.apply_preset(config, 'square')
+  config = get_base_config()
+  config.unlearn.preset, config.unlearn.reference = 'toy-ratio', 'unseen.pth'
+  presets.apply_preset(config, 'obtuse')      # the ratio form needs no classifier
+  assert config.unlearn.obtuse_form == 'ratio' and config.unlearn.push == 16.
   config.unlearn.preset = 'best-ever'
-  with pytest.raises(ValueError, match="unknown unlearn.preset 'best-ever'; valid: mnist-best, toy-best"):
+  with pytest.raises(ValueError, match="unknown unlearn.preset 'best-ever'; valid: mnist-best, toy-best, toy-ratio"):
     presets.apply_preset(config, 'obtuse')

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import losses
+import noisy_classifier
 import run_lib
 import utils
 from configs.toy.gmm2d import get_config
@@ -200,6 +201,13 @@ def test_toy_best_preset_loads_and_trains(tmp_path):
   assert not os.path.exists(tmp_path / 'run')
   config = _with_preset(tiny_config(4))
   config.unlearn.reference = str(tmp_path / 'unseen' / 'checkpoints' / 'checkpoint_1.pth')
+  with pytest.raises(ValueError, match="preset='toy-best' needs a noisy classifier .*train_noisy_classifier"):
+    run_lib.train(config, str(tmp_path / 'run'), 'norm', progress=False)
+  assert not os.path.exists(tmp_path / 'run')
+  nc_config = tiny_config(4)
+  nc_config.noisy_classifier.n_iters = 5
+  config.unlearn.classifier = str(tmp_path / 'nc' / noisy_classifier.FILENAME)
+  noisy_classifier.train_noisy_classifier(nc_config, config.unlearn.classifier, progress=False)
   state = run_lib.train(config, str(tmp_path / 'run'), 'norm', progress=False)
   assert state['step'] == 4
   saved = json.load(open(tmp_path / 'run' / 'config.json'))['unlearn']

@@ -32,17 +32,19 @@ def test_toy_runs_end_to_end(tmp_path):
   config.eval.batch_size = 300
   config.sampling.ode_rtol = config.sampling.ode_atol = 1e-3
   config.device = 'cpu'
+  config.noisy_classifier.n_iters = 40
   md, results = toy_gmm2d.run_toy(config, str(tmp_path), ['standard', 'orthogonal'], progress=False,
                                   preset_names=['toy-best'])
   for name in ('toy_table.md', 'toy_table.csv', 'toy_results.json', 'toy_figure.png'):
     assert os.path.getsize(tmp_path / name) > 0
   assert '| standard |' in md and '| orthogonal |' in md and '| p_g (exact) |' in md
   assert 'to frontier (paper)' in md
-  # the preset's run uses the Unseen run (trained for it) as its reference model
+  # the preset's run uses the Unseen run and a noisy classifier (both trained for it)
   assert '| obtuse + toy-best |' in md
   preset_cfg = json.load(open(tmp_path / 'toy-best' / 'config.json'))['unlearn']
-  assert preset_cfg['obtuse_form'] == 'ratio'
+  assert preset_cfg['obtuse_form'] == 'hole'
   assert preset_cfg['reference'] == str(tmp_path / 'unseen' / 'checkpoints' / 'checkpoint_1.pth')
+  assert preset_cfg['classifier'] == str(tmp_path / 'noisy_classifier' / 'noisy_classifier.pth')
   saved = json.load(open(tmp_path / 'toy_results.json'))['results']
   assert saved['standard']['step'] == 40
   assert saved['orthogonal']['retain']['nats']['n'] == 240 and saved['orthogonal']['forget']['nats']['n'] == 60

@@ -1,0 +1,105 @@
+"""The noisy density ratio of ``obtuse_form='hole'``: the exact mixture ratio and the trained classifier."""
+import math
+import os
+import types
+
+import pytest
+import torch
+
+import datasets
+import noisy_classifier
+import run_lib
+import sde_lib
+import utils
+from tests.toy_configs import tiny_toy_config
+
+
+def test_mixture_log_ratio_matches_the_perturbed_mixtures():
+  """ℓ(x, t) = log p_f,t − log p_g,t against ``GaussianMixture.perturbed`` at each t separately."""
+  density = datasets.gmm2d_density()
+  sde = sde_lib.VPSDE()
+  fn = noisy_classifier.mixture_log_ratio_fn(density, [1], sde)
+  x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0)) * 2
+  t = torch.tensor([1e-5, 0.01, 0.1, 0.3, 0.7, 1.])
+  got = fn(x.double(), t.double())
+  for i in range(6):
+    mean, std = sde.marginal_prob(torch.ones(1, 1, dtype=torch.float64), t[i:i + 1].double())
+    pf = density.restrict([1]).perturbed(float(mean), float(std))
+    pg = density.restrict([0, 2]).perturbed(float(mean), float(std))
+    expected = pf.log_prob(x[i:i + 1].double()) - pg.log_prob(x[i:i + 1].double())
+    torch.testing.assert_close(got[i:i + 1], expected)
+  # at t → 0 it is the toy's closed form 4 − log cosh(2(x₁ + x₂)) (docs/frontier.md)
+  closed = 4. - torch.log(torch.cosh(2. * (x[:, 0] + x[:, 1]).double()))
+  torch.testing.assert_close(fn(x.double(), torch.full((6,), 1e-9, dtype=torch.float64)), closed, atol=1e-6, rtol=0)
+  with pytest.raises(ValueError, match='forget and retain components'):
+    noisy_classifier.mixture_log_ratio_fn(density, [], sde)
+
+
+def test_exact_ratio_refused_for_data_without_a_density():
+  config = tiny_toy_config()
+  config.unlearn.obtuse_form, config.unlearn.classifier = 'hole', 'exact'
+  data = types.SimpleNamespace(density=None, name='MNIST5K')
+  with pytest.raises(run_lib.TrainingError, match="classifier='exact' needs data from a known density"):
+    run_lib.load_log_ratio(config, data, sde_lib.VPSDE(), 'cpu')
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  config = tiny_toy_config(num_train=4000, num_test=1000, width=64)
+  config.noisy_classifier.n_iters = 600
+  config.unlearn.forget_t_max = 0.1
+  path = str(tmp_path_factory.mktemp('nc') / noisy_classifier.FILENAME)
+  meta = noisy_classifier.train_noisy_classifier(config, path, progress=False)
+  return config, path, meta
+
+
+def test_trained_classifier_estimates_the_log_ratio(trained):
+  """The logit against the exact ratio on noisy points of both classes: close where the data are."""
+  config, path, meta = trained
+  assert meta['t_min'] == pytest.approx(config.training.eps) and meta['t_max'] == 0.1
+  # The Bayes balanced accuracy on the toy is about 0.89 (docs); a classifier far from the ratio falls short.
+  assert meta['test_balanced_accuracy'] > 0.85
+  sde = sde_lib.get_sde(config)
+  data = datasets.get_dataset(config)
+  learned = noisy_classifier.load_log_ratio_fn(path, config, sde, data, 'cpu')
+  exact = noisy_classifier.mixture_log_ratio_fn(data.density, data.forget_indices, sde)
+  x0, _ = data.density.sample(2000, generator=3)
+  t = torch.rand(2000, generator=torch.Generator().manual_seed(4)) * 0.1
+  mean, std = sde.marginal_prob(x0, t)
+  x = mean + std[:, None] * torch.randn(x0.shape, generator=torch.Generator().manual_seed(5))
+  with torch.no_grad():
+    err = learned(x, t) - exact(x, t).float()
+  near = exact(x, t).abs() < 4.     # where both classes have data (|ℓ| < 4 nats)
+  assert err[near].abs().mean() < 0.3
+  assert torch.corrcoef(torch.stack([learned(x, t)[near].detach(), exact(x, t)[near].float()]))[0, 1] > 0.97
+
+
+def test_classifier_file_refusals(trained, tmp_path):
+  config, path, _ = trained
+  sde = sde_lib.get_sde(config)
+  data = datasets.get_dataset(config)
+  with pytest.raises(noisy_classifier.NoisyClassifierError, match='exists already'):
+    noisy_classifier.train_noisy_classifier(config, path, progress=False)
+  wide = config
+  wide.unlearn.forget_t_max = 0.5                # the forget term reaches beyond the classifier's times
+  with pytest.raises(noisy_classifier.NoisyClassifierError, match=r'trained on t in \[1e-05, 0.1\]'):
+    noisy_classifier.load_log_ratio_fn(path, wide, sde, data, 'cpu')
+  wide.unlearn.forget_t_max = 0.1
+  other = types.SimpleNamespace(name=data.name, forget_indices=(0,), shape=data.shape)
+  with pytest.raises(noisy_classifier.NoisyClassifierError, match='forget_indices'):
+    noisy_classifier.load_log_ratio_fn(path, config, sde, other, 'cpu')
+  obj = utils.load_file(path)
+  key = sorted(obj['state_dict'])[0]
+  obj['state_dict'][key] = obj['state_dict'][key] + 1.
+  tampered = str(tmp_path / 'tampered.pth')
+  torch.save(obj, tampered)
+  with pytest.raises(noisy_classifier.NoisyClassifierError, match='do not match their recorded sha256'):
+    noisy_classifier.load_log_ratio_fn(tampered, config, sde, data, 'cpu')
+  truncated = str(tmp_path / 'truncated.pth')
+  with open(path, 'rb') as f, open(truncated, 'wb') as g:
+    g.write(f.read()[:200])
+  with pytest.raises(noisy_classifier.NoisyClassifierError, match='truncated, corrupt'):
+    noisy_classifier.load_log_ratio_fn(truncated, config, sde, data, 'cpu')
+  with pytest.raises(noisy_classifier.NoisyClassifierError, match='no checkpoint file'):
+    noisy_classifier.load_log_ratio_fn(str(tmp_path / 'missing.pth'), config, sde, data, 'cpu')
+  assert os.path.getsize(path) > 0
