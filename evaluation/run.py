@@ -83,8 +83,12 @@ def generate_samples(config, sde, model, shape, inverse_scaler, device, progress
 def eval_loss(config, sde, task, state, data, device):
   """The task's loss (α L_g + (1 − α) L_f, EMA weights) averaged over up to 10 test batches."""
   tc = config.training
+  reference = log_ratio_fn = None
+  if task.forget_term is not None:   # the forget term's frozen reference model and noisy ratio, when used
+    reference = run_lib.load_reference(config, device)
+    log_ratio_fn = run_lib.load_log_ratio(config, data, sde, device)
   step_fn = losses.get_msgm_step_fn(sde, False, task, config.unlearn, None, tc.reduce_mean, tc.continuous,
-                                    tc.likelihood_weighting, tc.eps)
+                                    tc.likelihood_weighting, tc.eps, reference, log_ratio_fn)
   scaler = datasets.get_data_scaler(config)
   seed = datasets.derive_seed(config.seed, 'eval-loss')
   it_g = data.iterator('test', task.retain_data, tc.batch_size, seed, drop_last=False, infinite=False)

@@ -82,6 +82,23 @@ def test_toy_eval_writes_every_result(toy_run):
     assert os.path.exists(os.path.join(workdir, 'eval', name))
 
 
+def test_eval_loss_of_a_hole_run_uses_its_reference_and_ratio(tmp_path):
+  """The test loss of ``obtuse_form='hole'`` needs the reference model and the density ratio, as training does."""
+  run_lib.train(tiny_toy(4), str(tmp_path / 'ref'), 'unseen', progress=False)
+  config = tiny_toy(4)
+  config.unlearn.obtuse_form, config.unlearn.classifier = 'hole', 'exact'
+  config.unlearn.reference = str(tmp_path / 'ref' / 'checkpoints' / 'checkpoint_1.pth')
+  config.unlearn.hole_depth, config.unlearn.hole_log_ratio = 30., 3.5
+  run_lib.train(config, str(tmp_path / 'run'), 'obtuse', progress=False)
+  config.eval.enable_bpd = config.eval.enable_sampling = False
+  config.eval.enable_loss = True
+  with_hole = E.evaluate(config, str(tmp_path / 'run'), 'obtuse', 'eval_a', progress=False)['loss']
+  config.unlearn.hole_depth = 0.        # no hole: the forget term only distils the reference
+  without = E.evaluate(config, str(tmp_path / 'run'), 'obtuse', 'eval_b', progress=False)['loss']
+  assert math.isfinite(with_hole['loss_f']) and with_hole['loss_f'] > without['loss_f']
+  assert with_hole['loss_g'] == pytest.approx(without['loss_g'])
+
+
 def test_samples_do_not_depend_on_the_batch_size(toy_run):
   """Each sample's starting noise is seeded by its index; a deterministic sampler (probability-flow PC)
   then gives the same samples whatever the batch size."""
