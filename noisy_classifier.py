@@ -15,7 +15,13 @@ import math
 import os
 
 import torch
+from absl import logging
+from tqdm import tqdm
 
+import datasets
+import sde_lib
+import utils
+from models import utils as mutils
 from models.ema import ExponentialMovingAverage
 from tensor_utils import append_dims
 
@@ -63,7 +69,6 @@ class NoisyClassifier(torch.nn.Module):
 
   def __init__(self, config):
     super().__init__()
-    from models import utils as mutils
     self.net = mutils.get_model(config.model.name)(config)
 
   def forward(self, x, labels):
@@ -106,15 +111,11 @@ def train_noisy_classifier(config, out_path, progress=True):
 
   Each step draws a D_g batch (``training.batch_size``) and a D_f batch (``training.batch_size_un``), times
   t ~ U[t_min, t_max] (``config.noisy_classifier``) and x_t from the forward SDE; the loss is the mean
-  cross-entropy of each class, summed (balanced); AdamW (``noisy_classifier.weight_decay``) with a cosine learning-rate decay to zero, and the
-  EMA of the weights (``noisy_classifier.ema_rate``) is saved. Seeded from ``config.seed``.
+  cross-entropy of each class, summed (balanced); AdamW (``noisy_classifier.weight_decay``) with a cosine
+  learning-rate decay to zero; the EMA of the weights (``noisy_classifier.ema_rate``) is saved. Seeded from
+  ``config.seed``.
   """
-  import datasets
-  import run_lib
-  import sde_lib
-  import utils
-  from absl import logging
-  from tqdm import tqdm
+  import run_lib   # here, not at the top: run_lib imports this module
 
   if os.path.exists(out_path):
     raise NoisyClassifierError(f'{out_path} exists already; remove it or choose another --workdir')
@@ -173,7 +174,6 @@ def train_noisy_classifier(config, out_path, progress=True):
 @torch.no_grad()
 def evaluate(model, data, sde, scaler, lo, hi, seed, device, batch_size=1000):
   """Balanced accuracy and cross-entropy (nats) on the test split, one noise draw per item."""
-  import datasets
   gen = torch.Generator(device=device).manual_seed(datasets.derive_seed(seed, 'test'))
   out = {}
   for part, label in (('retain', 0.), ('forget', 1.)):
@@ -206,7 +206,6 @@ def load_log_ratio_fn(path, config, sde, data, device):
   """``log_ratio_fn`` of the noisy classifier at ``path`` (frozen, eval mode), checked against the run:
   same data set, forget set, architecture, SDE and item shape, and a time range that covers the forget
   term's ``[unlearn.forget_t_min, unlearn.forget_t_max]``. Raises ``NoisyClassifierError``."""
-  import utils
   how = ('train one with `python main.py --config CONFIG --workdir C --mode train_noisy_classifier` and set '
          f'--config.unlearn.classifier=C/{FILENAME}')
   try:

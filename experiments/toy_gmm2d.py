@@ -1,7 +1,7 @@
 """The paper's 2-D toy (its first table): Standard, Unseen, Orthogonal and Obtuse on the Gaussian mixture.
 
   python -m experiments.toy_gmm2d --workdir runs/toy [--tasks standard,unseen,orthogonal,obtuse]
-                                  [--presets toy-best,toy-ratio] [--config configs/toy/gmm2d.py] [--config.training.n_iters=...]
+      [--presets toy-best,toy-ratio] [--config configs/toy/gmm2d.py] [--config.training.n_iters=...]
 
 Trains one model per task in ``W/<task>/`` and one per preset (``presets.py``) in ``W/<preset>/`` (a
 preset that needs a reference model gets the Unseen run of ``W/unseen/``, and one that needs a noisy
@@ -43,7 +43,8 @@ def define_flags():
   config_flags.DEFINE_config_file('config', 'configs/toy/gmm2d.py', 'The toy configuration.', lock_config=True)
   flags.DEFINE_string('workdir', None, 'Folder for the runs, table and figure.')
   flags.DEFINE_string('tasks', 'standard,unseen,orthogonal,obtuse', 'Comma-separated tasks to train and compare.')
-  flags.DEFINE_string('presets', 'toy-best,toy-ratio', 'Comma-separated presets (presets.py) to train beside the tasks.')
+  flags.DEFINE_string('presets', 'toy-best,toy-ratio',
+                      'Comma-separated presets (presets.py) to train beside the tasks.')
   flags.DEFINE_float('field_time', 0.05, 'Time t at which the score fields are drawn.')
   flags.DEFINE_boolean('progress', True, 'Show progress bars.')
 

@@ -103,3 +103,14 @@ def test_classifier_file_refusals(trained, tmp_path):
   with pytest.raises(noisy_classifier.NoisyClassifierError, match='no checkpoint file'):
     noisy_classifier.load_log_ratio_fn(str(tmp_path / 'missing.pth'), config, sde, data, 'cpu')
   assert os.path.getsize(path) > 0
+
+
+def test_training_is_seeded(tmp_path):
+  """The same config gives the same weights (same SHA-256); another seed gives others."""
+  config = tiny_toy_config(num_train=500, num_test=100)
+  config.noisy_classifier.n_iters = 15
+  a = noisy_classifier.train_noisy_classifier(config, str(tmp_path / 'a.pth'), progress=False)
+  b = noisy_classifier.train_noisy_classifier(config, str(tmp_path / 'b.pth'), progress=False)
+  config.seed = 7
+  c = noisy_classifier.train_noisy_classifier(config, str(tmp_path / 'c.pth'), progress=False)
+  assert a['sha256'] == b['sha256'] != c['sha256']
