@@ -114,3 +114,12 @@ def test_training_is_seeded(tmp_path):
   config.seed = 7
   c = noisy_classifier.train_noisy_classifier(config, str(tmp_path / 'c.pth'), progress=False)
   assert a['sha256'] == b['sha256'] != c['sha256']
+
+
+def test_ratio_error_report(trained):
+  """``experiments.noisy_ratio_error`` measures the trained logit against the exact ratio near the edge."""
+  from experiments import noisy_ratio_error
+  config, path, _ = trained
+  r = noisy_ratio_error.ratio_error(path, seed=config.seed, t_max=0.02, n=4000, config=config)
+  assert r['band_n'] > 1000                       # most forget points at small t have 3 < ℓ < 4.1
+  assert abs(r['band_bias']) <= r['band_mae'] < 1. and r['mae'] < 0.5   # a 600-step classifier: rough at the edge
