@@ -15,6 +15,8 @@ Per-sample terms (each ``[B]``; see the functions below for the formulas in nois
                     L_f = Σ_i (σ² s_i ∇_i)² (official, elementwise, no likelihood weighting) = Σ_i (ε̂_i z_i)²
                     L_f = g² Σ_i (s_i ∇_i)² (official, elementwise, likelihood weighting)
   * ``erase``       L_f = ‖ŝ + u‖², u ~ U[0, 1)  (official ``erase``: ε̂ regressed onto uniform noise; no g²)
+  * extensions of ``obtuse`` (``unlearn.obtuse_form``, docs/unlearning.md): ``target``, ``ratio``,
+    ``negative_dsm`` and ``hole`` (the reference score minus ∇Φ of a noisy log density ratio)
 
 The retain/forget mix and the reduction over the batch happen in one place, the step functions.
 """
