@@ -123,3 +123,30 @@ def test_ratio_error_report(trained):
   r = noisy_ratio_error.ratio_error(path, seed=config.seed, t_max=0.02, n=4000, config=config)
   assert r['band_n'] > 1000                       # most forget points at small t have 3 < ℓ < 4.1
   assert abs(r['band_bias']) <= r['band_mae'] < 1. and r['mae'] < 0.5   # a 600-step classifier: rough at the edge
+
+
+def test_hole_analytic_matches_one_dimensional_quadrature():
+  """``experiments.hole_analytic`` (a 2-D grid) against ``frontier.tilted_nll`` (1-D adaptive quadrature along
+  s) for q ∝ p_g e^{−Φ(ℓ)} with the toy's exact t = 0 ratio ℓ(s) = 4 − log cosh(2√2 s)."""
+  from evaluation import frontier
+  from experiments import hole_analytic
+  depth, threshold, sharpness = 30., 3.5, 2.
+  x, area = hole_analytic.grid(step=0.02, limit=9.)
+  log_pg, log_pf = hole_analytic._log_densities(x)
+  got = hole_analytic.hole_nll(log_pf - log_pg, depth, threshold, sharpness, x, area)
+
+  def log_tilt(s):
+    ell = 4. - math.log(math.cosh(2. * math.sqrt(2.) * s))
+    return -depth / (1. + math.exp(-sharpness * (ell - threshold)))
+
+  expected = frontier.tilted_nll(log_tilt)
+  assert got[0] == pytest.approx(expected[0], abs=2e-3)
+  assert got[1] == pytest.approx(expected[1], abs=2e-3)
+  # the hole costs D_g and raises D_f against p_g itself
+  assert got[0] > frontier.entropy_retain() + 0.01 and got[1] > frontier.cross_entropy(
+      frontier.log_pf_1d, frontier.log_pg_1d) + 1.
+  # the exact noisy ratio at a tiny t is the t = 0 ratio on the grid
+  sde = sde_lib.VPSDE()
+  fn = noisy_classifier.mixture_log_ratio_fn(datasets.gmm2d_density(), [1], sde)
+  near = hole_analytic.log_ratio_on_grid(lambda z, t: fn(z.double(), t.double()), x[::997], 1e-6)
+  torch.testing.assert_close(near, (log_pf - log_pg)[::997], atol=1e-3, rtol=0)
