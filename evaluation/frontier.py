@@ -425,20 +425,23 @@ def plot_frontier(ax, runs: Optional[Dict[str, Tuple[float, float]]] = None, nll
 
   The arc and its straight continuation (slope e⁴) up to ``nll_g_max`` (nats; default: past the
   points), the unreachable region above it shaded, the exact p_data and p_g points, and ``runs``
-  ``{name: (nll_g_nats, nll_f_nats)}`` annotated with their distance to the frontier (paper scale;
-  positive = below it; runs with NLL_g < H(p_g) are measured at H(p_g) and marked). Returns ``ax``.
+  ``{name: (nll_g_nats, nll_f_nats)}`` or ``{name: (nll_g_nats, nll_f_nats, sem_g_nats, sem_f_nats)}``
+  annotated with their distance to the frontier (paper scale; positive = below it; runs with
+  NLL_g < H(p_g) are measured at H(p_g) and marked). Standard errors, where given, are drawn as ±1 SE
+  bars: the frontier bounds expected NLLs, so a run on a small test set can sit above it within them.
+  Returns ``ax``.
   """
   refs = reference_points()
   ends = frontier_end()
   runs = dict(runs or {})
-  xs = [refs['p_data'][0], ends['nll_g_end']] + [float(g) for g, _ in runs.values()]
+  xs = [refs['p_data'][0], ends['nll_g_end']] + [float(v[0]) for v in runs.values()]
   a_max = float(nll_g_max) if nll_g_max is not None else max(xs) + 0.15
   arc = frontier_curve(n=n)
   line_g = np.linspace(ends['nll_g_end'], max(a_max, ends['nll_g_end']), 50)
   g = np.concatenate([arc['nll_g'], line_g[1:]])
   f = np.concatenate([arc['nll_f'], ends['nll_f_end'] + LAMBDA_MIN * (line_g[1:] - ends['nll_g_end'])])
   gp, fp = to_paper_scale(g), to_paper_scale(f)
-  ys = [to_paper_scale(refs[k][1]) for k in ('p_data', 'p_g')] + [to_paper_scale(float(v)) for _, v in runs.values()]
+  ys = [to_paper_scale(refs[k][1]) for k in ('p_data', 'p_g')] + [to_paper_scale(float(v[1])) for v in runs.values()]
   top = max(float(fp.max()), max(ys)) + 1.
   bottom = min(ys) - 0.5
   ax.plot(gp, fp, color='k', lw=1.5, label='frontier F (any density)')
@@ -447,12 +450,17 @@ def plot_frontier(ax, runs: Optional[Dict[str, Tuple[float, float]]] = None, nll
   for name, marker in (('p_data', 'o'), ('p_g', 's')):
     x, y = to_paper_scale(refs[name][0]), to_paper_scale(refs[name][1])
     ax.plot(x, y, marker, color='tab:blue' if name == 'p_data' else 'tab:green', label=f'{name} (exact)')
-  for name, (rg, rf) in runs.items():
-    rg, rf = float(rg), float(rf)
-    d = distance_to_frontier(rg, rf, clip=True) / (DIMS * math.log(2.))
+  per_unit = DIMS * math.log(2.)        # nats per paper-scale unit
+  for name, run in runs.items():
+    rg, rf = float(run[0]), float(run[1])
+    d = distance_to_frontier(rg, rf, clip=True) / per_unit
     note = ' (D_g<H)' if rg < ends['nll_g_min'] else ''
     x, y = to_paper_scale(rg), to_paper_scale(rf)
-    ax.plot(x, y, 'x', color='tab:red')
+    if len(run) == 4:
+      ax.errorbar(x, y, xerr=float(run[2]) / per_unit, yerr=float(run[3]) / per_unit, fmt='x', color='tab:red',
+                  elinewidth=0.8, capsize=2)
+    else:
+      ax.plot(x, y, 'x', color='tab:red')
     ax.annotate(f'{name}: Δ={d:+.2f}{note}', (x, y), textcoords='offset points', xytext=(5, 5), fontsize=8)
   ax.set_xlabel('NLL D_g (paper scale)')
   ax.set_ylabel('NLL D_f (paper scale)')

@@ -96,9 +96,11 @@ def sweep(config, workdir, task, axes, progress=False):
     run_lib.train(cfg, run_dir, task, progress=progress)
     r = toy_gmm2d.evaluate_run(cfg, run_dir, task, data, progress)
     g, f = r['retain']['nats']['mean'], r['forget']['nats']['mean']
+    unit = frontier.to_paper_scale(1.) - frontier.to_paper_scale(0.)     # paper-scale units per nat
     rows.append({'run': name, **{k: v for k, v in assignment.items()},
                  'D_g nats': g, 'D_f nats': f, 'D_g paper': frontier.to_paper_scale(g),
-                 'D_f paper': frontier.to_paper_scale(f), 'frontier D_f paper': _frontier_paper(g),
+                 'D_g sem paper': r['retain']['nats']['sem'] * unit, 'D_f paper': frontier.to_paper_scale(f),
+                 'D_f sem paper': r['forget']['nats']['sem'] * unit, 'frontier D_f paper': _frontier_paper(g),
                  'centre %': r['centre_percent'], 'beyond 8 %': r['beyond_8_percent']})
     samples[name] = r['samples']
     logging.info('%s: D_g %.3f, D_f %.3f nats', name, g, f)
@@ -133,7 +135,9 @@ def _figure(rows, samples, path):
   n = len(rows)
   fig, axes = plt.subplots(1, n + 1, figsize=(4.5 + 2.6 * n, 4.2), squeeze=False,
                            gridspec_kw={'width_ratios': [1.8] + [1] * n})
-  frontier.plot_frontier(axes[0, 0], {r['run']: (r['D_g nats'], r['D_f nats']) for r in rows})
+  unit = frontier.to_paper_scale(1.) - frontier.to_paper_scale(0.)
+  frontier.plot_frontier(axes[0, 0], {r['run']: (r['D_g nats'], r['D_f nats'], r['D_g sem paper'] / unit,
+                                                 r['D_f sem paper'] / unit) for r in rows})
   for j, r in enumerate(rows, start=1):
     ax = axes[0, j]
     s = samples[r['run']][:2000]

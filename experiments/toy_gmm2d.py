@@ -123,8 +123,8 @@ def draw_figure(results, data, config, path, field_time):
   import matplotlib.pyplot as plt
   names = list(results)
   fig, axes = plt.subplots(2, len(names) + 1, figsize=(3.2 * (len(names) + 1), 6.4), squeeze=False)
-  frontier.plot_frontier(axes[0, -1], {n: (results[n]['retain']['nats']['mean'], results[n]['forget']['nats']['mean'])
-                                       for n in names if 'density' not in results[n]})
+  nats = {n: (results[n]['retain']['nats'], results[n]['forget']['nats']) for n in names if 'density' not in results[n]}
+  frontier.plot_frontier(axes[0, -1], {n: (g['mean'], f['mean'], g['sem'], f['sem']) for n, (g, f) in nats.items()})
   axes[1, -1].axis('off')
   grid = torch.linspace(-5, 5, 21, dtype=torch.float64)
   gx, gy = torch.meshgrid(grid, grid, indexing='xy')

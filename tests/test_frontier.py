@@ -232,3 +232,22 @@ def test_plot_frontier():
     assert any(t.startswith('toy: Δ=+') for t in texts)
   finally:
     plt.close(fig)
+
+
+def test_plot_frontier_error_bars_in_paper_units():
+  """A run given with standard errors (nats) gets ±1 SE bars converted to the paper scale (2 ln 2 nats a unit)."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots()
+  try:
+    fr.plot_frontier(ax, runs={'toy': (3.62, 8.0, 0.02772588722239781, 0.2772588722239781)}, n=15)
+    # errorbar draws the bars as two LineCollections: horizontal (D_g) then vertical (D_f)
+    segs = [c.get_segments()[0] for c in ax.collections if type(c).__name__ == 'LineCollection']
+    (x0, y0), (x1, y1) = segs[0]
+    assert y0 == y1 and x1 - x0 == pytest.approx(2 * 0.02)
+    assert y0 == pytest.approx(fr.to_paper_scale(8.0))
+    (x0, y0), (x1, y1) = segs[1]
+    assert x0 == x1 and abs(y1 - y0) == pytest.approx(2 * 0.2)
+  finally:
+    plt.close(fig)

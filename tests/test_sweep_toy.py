@@ -35,5 +35,9 @@ def test_tiny_sweep_end_to_end(tmp_path):
   assert saved[1]['unlearn.obtuse_form'] == 'target'
   # the run really used the swept value
   assert json.load(open(tmp_path / 'obtuse_form=target' / 'config.json'))['unlearn']['obtuse_form'] == 'target'
-  for r in saved:
+  for r, run in zip(saved, ('obtuse_form=linear', 'obtuse_form=target')):
     assert r['D_g paper'] == pytest.approx(r['D_g nats'] / (2 * 0.6931471805599453) + 8)
+    # standard errors on the paper scale: the run's own evaluation (nats) divided by 2 ln 2
+    ev = json.load(open(tmp_path / run / 'eval' / 'results.json'))['nll_nats']
+    assert r['D_g sem paper'] == pytest.approx(ev['retain']['sem'] / (2 * 0.6931471805599453))
+    assert r['D_f sem paper'] == pytest.approx(ev['forget']['sem'] / (2 * 0.6931471805599453))
