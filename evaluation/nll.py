@@ -21,7 +21,8 @@ def dataset_nll(log_likelihood_fn, model, dataset, scaler, inverse_scaler, *, ba
   """NLL of ``dataset`` (items ``(x in [0, 1] or R^D, y)``) under ``model``.
 
   Returns ``{'bpd': {'mean', 'sem', 'n'}, 'nats': {...}, 'repeats': [mean bpd of each pass], 'nfe': mean
-  network evaluations per batch}``; the SEM is over items (each item's NLL averaged over the passes).
+  network evaluations per batch, 'items_bpd': float64 [n], 'items_nats': float64 [n]}``; the SEM is over
+  items (each item's NLL averaged over the passes); ``items_*`` are those per-item NLLs, in data-set order.
   ``max_items > 0`` evaluates the first ``max_items`` items only.
   """
   n = len(dataset) if max_items <= 0 else min(max_items, len(dataset))
@@ -59,4 +60,6 @@ def dataset_nll(log_likelihood_fn, model, dataset, scaler, inverse_scaler, *, ba
     'nats': mean_sem(nats).to_dict(),
     'repeats': [(per_item[r] / (dims * math.log(2.)) + offset).mean().item() for r in range(num_repeats)],
     'nfe': sum(nfes) / len(nfes),
+    'items_bpd': bpd,
+    'items_nats': nats,
   }

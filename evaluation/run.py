@@ -12,7 +12,8 @@ as in the official code, or the latest checkpoint when both are 0), with the EMA
   * ``eval.enable_loss``: the task's loss on test batches.
 Everything the evaluation needs (checkpoints, classifier, FID network) is checked before anything is
 written. Results: ``W/<eval_folder>/results.json`` (the last checkpoint), ``results_<step>.json`` (each),
-``results.md``, ``samples_<step>.png`` and TensorBoard scalars in ``W/<eval_folder>/tensorboard``.
+``results.md``, ``samples_<step>.png``, the per-item NLLs ``nll_items_<step>.npz`` (for ``evaluation.compare``)
+and TensorBoard scalars in ``W/<eval_folder>/tensorboard``.
 """
 import json
 import os
@@ -30,6 +31,7 @@ import utils
 from evaluation import classifier as classifier_lib
 from evaluation import fid as fid_lib
 from evaluation import nll as nll_lib
+from evaluation import nll_items
 from evaluation import unlearning_ratio as ur_lib
 
 
@@ -199,6 +201,7 @@ def evaluate(config, workdir, task='standard', eval_folder='eval', progress=True
         results['nll_bpd'] = {part: nll[part]['bpd'] for part in nll}
         if not data.is_image:
           results['nll_nats'] = {part: nll[part]['nats'] for part in nll}
+        nll_items.save_items(os.path.join(out_dir, nll_items.items_filename(step)), nll)
       if sampling_on:
         samples, nfe = generate_samples(config, sde, model, data.shape, inverse, device, progress)
         s = config.sampling

@@ -65,3 +65,16 @@ def mean_sem(values: Union[Sequence[float], np.ndarray, 'torch.Tensor']) -> Mean
   mean = float(arr.mean())
   sem = float(arr.std(ddof=1) / math.sqrt(n)) if n > 1 else float('nan')
   return MeanSEM(mean, sem, n)
+
+
+def paired_difference(a, b) -> MeanSEM:
+  """Mean ± SEM of the per-item differences ``b − a`` of two measurements of the same items (same order).
+
+  Paired: what both share item by item (how hard each test point is) cancels, so the SEM is that of
+  the differences, often far below either run's own SEM. Raises ``ValueError`` for unequal lengths.
+  """
+  a = np.asarray(a.detach().cpu().double().numpy() if hasattr(a, 'detach') else a, dtype=np.float64).reshape(-1)
+  b = np.asarray(b.detach().cpu().double().numpy() if hasattr(b, 'detach') else b, dtype=np.float64).reshape(-1)
+  if a.size != b.size:
+    raise ValueError(f'a paired difference needs the same items in both runs, got {a.size} and {b.size} values')
+  return mean_sem(b - a)

@@ -16,6 +16,7 @@ from configs.default_configs import get_base_config
 from evaluation import classifier as C
 from evaluation import fid as fid_lib
 from evaluation import nll as nll_lib
+from evaluation import nll_items
 from evaluation import run as E
 from toy_configs import tiny_toy_config
 from gaussian_models import GaussianScoreModel, log_density, make_sde
@@ -80,6 +81,12 @@ def test_toy_eval_writes_every_result(toy_run):
   assert math.isfinite(saved['loss']['loss'])
   for name in ('results.md', 'results_30.json', 'samples_30.png'):
     assert os.path.exists(os.path.join(workdir, 'eval', name))
+  # per-item NLLs for paired comparisons: their means are the reported ones, in both units
+  items = nll_items.load_items(os.path.join(workdir, 'eval', 'nll_items_30.npz'))
+  for part, n in (('retain', 160), ('forget', 40)):
+    assert items[f'{part}_bpd'].shape == (n,)
+    assert items[f'{part}_bpd'].mean() == pytest.approx(saved['nll_bpd'][part]['mean'], rel=1e-12)
+    assert items[f'{part}_nats'].mean() == pytest.approx(saved['nll_nats'][part]['mean'], rel=1e-12)
 
 
 def test_eval_loss_of_a_hole_run_uses_its_reference_and_ratio(tmp_path):

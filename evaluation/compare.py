@@ -1,0 +1,119 @@
+"""Paired comparison of two evaluated runs on the same test items.
+
+    python -m evaluation.compare W_A W_B [--eval_folder eval] [--out FILE.md]
+
+reads ``W/<eval_folder>/results.json`` and the per-item NLLs ``nll_items_<step>.npz`` of both runs and
+prints, for D_g and D_f, the NLL of each run and the paired difference B − A (bits/dim; mean ± SEM over
+the items, with a two-sided normal p-value), and the Unlearning Ratios with Fisher's exact test on the
+forget-class counts. Refuses runs on different data sets, forget sets or test items.
+
+The paired SEM covers the test items only: a second training seed moves a run by more than that
+(docs/unlearning.md), so a significant paired difference says "these two models differ on these
+items", not "these two recipes differ".
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+from scipy import stats as scipy_stats
+
+import utils
+from evaluation import nll_items
+from evaluation.report import RESULTS_FILENAME
+from evaluation.stats import paired_difference
+
+
+class CompareError(ValueError):
+  """The two runs cannot be compared (missing files, other data or items)."""
+
+
+def load_run(workdir, eval_folder='eval'):
+  """``(results dict, per-item NLLs or None)`` of ``workdir``'s last evaluation."""
+  path = os.path.join(workdir, eval_folder, RESULTS_FILENAME)
+  if not os.path.isfile(path):
+    raise CompareError(f'no {path}: evaluate the run first (--mode eval)')
+  try:
+    with open(path) as f:
+      results = json.load(f)
+  except (OSError, json.JSONDecodeError) as err:
+    raise CompareError(f'cannot read {path}: {err}') from err
+  items = None
+  if results.get('nll_bpd'):
+    items = nll_items.load_items(os.path.join(workdir, eval_folder, nll_items.items_filename(results['step'])))
+  return results, items
+
+
+def _normal_p(mean, sem):
+  if not sem:
+    return float('nan')
+  return float(2. * scipy_stats.norm.sf(abs(mean / sem)))
+
+
+def compare(run_a, run_b):
+  """Paired NLL differences and the Unlearning Ratio test of two ``load_run`` outputs (B − A).
+
+  Returns ``{'nll': {part: {'a', 'b', 'diff', 'sem', 'p', 'n'}}, 'unlearning_ratio': {'a', 'b', 'k_a', 'k_b',
+  'n_a', 'n_b', 'p'}}`` (bits/dim, percent); a part or metric either run lacks is left out.
+  """
+  (ra, ia), (rb, ib) = run_a, run_b
+  for key in ('dataset', 'forget'):
+    if ra.get(key) != rb.get(key):
+      raise CompareError(f'the runs differ in {key}: {ra.get(key)!r} and {rb.get(key)!r}')
+  out = {'nll': {}, 'unlearning_ratio': None}
+  if ia is not None and ib is not None:
+    for part in nll_items.PARTS:
+      a, b = ia[f'{part}_bpd'], ib[f'{part}_bpd']
+      if a.size != b.size:
+        raise CompareError(f'the runs were evaluated on different {part} items ({a.size} and {b.size}): '
+                           'evaluate both with the same eval.bpd_dataset and eval.bpd_num_samples')
+      d = paired_difference(a, b)
+      out['nll'][part] = {'a': float(a.mean()), 'b': float(b.mean()), 'diff': d.mean, 'sem': d.sem,
+                          'p': _normal_p(d.mean, d.sem), 'n': d.n}
+  ua, ub = ra.get('unlearning_ratio'), rb.get('unlearning_ratio')
+  if ua and ub:
+    ka, na, kb, nb = ua['num_forget'], ua['num_samples'], ub['num_forget'], ub['num_samples']
+    p = scipy_stats.fisher_exact([[ka, na - ka], [kb, nb - kb]]).pvalue
+    out['unlearning_ratio'] = {'a': ua['percent'], 'b': ub['percent'], 'k_a': ka, 'k_b': kb, 'n_a': na,
+                               'n_b': nb, 'p': float(p)}
+  return out
+
+
+def markdown(result, name_a, name_b):
+  """The comparison as a Markdown table."""
+  lines = [f'| metric | A: {name_a} | B: {name_b} | B − A (paired) | p |', '|---|---|---|---|---|']
+  labels = {'retain': 'NLL D_g bits/dim', 'forget': 'NLL D_f bits/dim'}
+  for part, r in result['nll'].items():
+    sem = f' ± {r["sem"]:.4f}' if r['sem'] is not None and not math.isnan(r['sem']) else ''
+    lines.append(f'| {labels[part]} (n={r["n"]}) | {r["a"]:.4f} | {r["b"]:.4f} | {r["diff"]:+.4f}{sem} | '
+                 f'{r["p"]:.3g} |')
+  u = result['unlearning_ratio']
+  if u:
+    lines.append(f'| Unlearning Ratio % | {u["a"]:.2f} ({u["k_a"]}/{u["n_a"]}) | {u["b"]:.2f} ({u["k_b"]}/{u["n_b"]}) '
+                 f'| {u["b"] - u["a"]:+.2f} | {u["p"]:.3g} (Fisher) |')
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('run_a', help='work directory of run A')
+  parser.add_argument('run_b', help='work directory of run B')
+  parser.add_argument('--eval_folder', default='eval')
+  parser.add_argument('--out', default='', help='also write the table to this Markdown file')
+  args = parser.parse_args(argv)
+  try:
+    result = compare(load_run(args.run_a, args.eval_folder), load_run(args.run_b, args.eval_folder))
+  except ValueError as err:
+    print(f'error: {err}', file=sys.stderr)
+    return 2
+  text = markdown(result, os.path.basename(os.path.normpath(args.run_a)),
+                  os.path.basename(os.path.normpath(args.run_b)))
+  print(text, end='')
+  if args.out:
+    utils.atomic_write_text(args.out, text)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

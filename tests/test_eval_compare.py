@@ -1,0 +1,109 @@
+"""Paired comparison of two evaluated runs: hand-computed differences, Fisher's test, refusals, CLI."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from evaluation import compare as C
+from evaluation import nll_items
+from evaluation.stats import paired_difference
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_paired_difference_by_hand():
+  d = paired_difference([1., 2., 3., 4.], [1.5, 2.5, 3.1, 4.9])      # differences 0.5, 0.5, 0.1, 0.9
+  assert d.mean == pytest.approx(0.5) and d.n == 4
+  assert d.sem == pytest.approx(math.sqrt((0 + 0 + 0.16 + 0.16) / 3) / 2)
+  with pytest.raises(ValueError, match='same items'):
+    paired_difference([1., 2.], [1., 2., 3.])
+
+
+def test_pairing_removes_the_shared_item_difficulty():
+  """Items of widely varying difficulty, run B = run A + 0.01 + small noise: each run's SEM is large, the
+  paired SEM is that of the noise alone."""
+  rng = np.random.default_rng(0)
+  a = rng.normal(2., 0.5, 400)
+  noise = rng.normal(0., 0.002, 400)
+  d = paired_difference(a, a + 0.01 + noise)
+  assert d.mean == pytest.approx(0.01 + noise.mean())
+  assert d.sem == pytest.approx(noise.std(ddof=1) / 20)
+  assert d.sem < 0.01 * (a.std(ddof=1) / 20)
+
+
+def _fisher_two_sided(k_a, n_a, k_b, n_b):
+  """Fisher's exact test by direct summation of the hypergeometric table probabilities."""
+  total_k, n = k_a + k_b, n_a + n_b
+
+  def prob(k):
+    return math.comb(n_a, k) * math.comb(n_b, total_k - k) / math.comb(n, total_k)
+  observed = prob(k_a)
+  return sum(prob(k) for k in range(max(0, total_k - n_b), min(n_a, total_k) + 1)
+             if prob(k) <= observed * (1 + 1e-7))
+
+
+def _fake_run(path, retain, forget, k, n=500, dataset='MNIST5K', step=3000):
+  os.makedirs(os.path.join(path, 'eval'), exist_ok=True)
+  results = {'task': 'obtuse', 'dataset': dataset, 'forget': ['3'], 'step': step,
+             'nll_bpd': {'retain': {'mean': float(np.mean(retain))}, 'forget': {'mean': float(np.mean(forget))}},
+             'unlearning_ratio': {'percent': 100. * k / n, 'num_forget': k, 'num_samples': n}}
+  with open(os.path.join(path, 'eval', 'results.json'), 'w') as f:
+    json.dump(results, f)
+  nll = {'retain': {'items_bpd': retain, 'items_nats': np.asarray(retain) * 2},
+         'forget': {'items_bpd': forget, 'items_nats': np.asarray(forget) * 2}}
+  nll_items.save_items(os.path.join(path, 'eval', nll_items.items_filename(step)), nll)
+  return str(path)
+
+
+def test_compare_two_runs(tmp_path):
+  a = _fake_run(tmp_path / 'a', [1.6, 1.7, 1.5], [1.9, 2.0], k=7)
+  b = _fake_run(tmp_path / 'b', [1.62, 1.71, 1.53], [2.9, 3.2], k=2)
+  r = C.compare(C.load_run(a), C.load_run(b))
+  g = r['nll']['retain']
+  assert g['diff'] == pytest.approx(0.02) and g['n'] == 3
+  assert g['sem'] == pytest.approx(np.std([0.02, 0.01, 0.03], ddof=1) / math.sqrt(3))
+  assert g['p'] == pytest.approx(2 * (1 - 0.5 * (1 + math.erf(0.02 / g['sem'] / math.sqrt(2)))))
+  assert r['nll']['forget']['diff'] == pytest.approx(1.1)
+  u = r['unlearning_ratio']
+  assert (u['k_a'], u['k_b'], u['a'], u['b']) == (7, 2, 1.4, 0.4)
+  assert u['p'] == pytest.approx(_fisher_two_sided(7, 500, 2, 500), rel=1e-9)
+  text = C.markdown(r, 'a', 'b')
+  assert '| NLL D_g bits/dim (n=3) | 1.6000 | 1.6200 | +0.0200 ±' in text
+  assert '1.40 (7/500) | 0.40 (2/500) | -1.00' in text
+
+
+def test_compare_refusals(tmp_path):
+  a = _fake_run(tmp_path / 'a', [1.6, 1.7, 1.5], [1.9, 2.0], k=7)
+  other = _fake_run(tmp_path / 'other', [1.6, 1.7, 1.5], [1.9, 2.0], k=7, dataset='MNIST')
+  with pytest.raises(C.CompareError, match='differ in dataset'):
+    C.compare(C.load_run(a), C.load_run(other))
+  fewer = _fake_run(tmp_path / 'fewer', [1.6, 1.7], [1.9, 2.0], k=7)
+  with pytest.raises(C.CompareError, match='different retain items \\(3 and 2\\)'):
+    C.compare(C.load_run(a), C.load_run(fewer))
+  with pytest.raises(C.CompareError, match='evaluate the run first'):
+    C.load_run(str(tmp_path / 'missing'))
+  # a damaged per-item file
+  with open(tmp_path / 'fewer' / 'eval' / 'nll_items_3000.npz', 'wb') as f:
+    f.write(b'PK\x03\x04 not a zip')
+  with pytest.raises(ValueError, match='cannot read per-item NLLs'):
+    C.load_run(fewer)
+  os.remove(tmp_path / 'fewer' / 'eval' / 'nll_items_3000.npz')
+  with pytest.raises(ValueError, match='no per-item NLL file'):
+    C.load_run(fewer)
+
+
+def test_cli(tmp_path):
+  a = _fake_run(tmp_path / 'a', [1.6, 1.7, 1.5], [1.9, 2.0], k=7)
+  b = _fake_run(tmp_path / 'b', [1.62, 1.71, 1.53], [2.9, 3.2], k=2)
+  out = tmp_path / 'cmp.md'
+  r = subprocess.run([sys.executable, '-m', 'evaluation.compare', a, b, '--out', str(out)], cwd=ROOT,
+                     capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr
+  assert r.stdout == out.read_text() and '| Unlearning Ratio % |' in r.stdout
+  r = subprocess.run([sys.executable, '-m', 'evaluation.compare', a, str(tmp_path / 'nope')], cwd=ROOT,
+                     capture_output=True, text=True)
+  assert r.returncode == 2 and r.stderr.count('\n') == 1 and 'evaluate the run first' in r.stderr
