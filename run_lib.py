@@ -390,8 +390,32 @@ def load_log_ratio(config, data, sde, device):
     if data.density is None:
       raise TrainingError(f"unlearn.classifier='exact' needs data from a known density (GMM2D), not {data.name}; "
                           'train a noisy classifier with --mode train_noisy_classifier')
-    return noisy_classifier.mixture_log_ratio_fn(data.density, data.forget_indices, sde)
-  return noisy_classifier.load_log_ratio_fn(spec, config, sde, data, device)
+    fn = noisy_classifier.mixture_log_ratio_fn(data.density, data.forget_indices, sde)
+  else:
+    fn = noisy_classifier.load_log_ratio_fn(spec, config, sde, data, device)
+  resolve_hole_threshold(config, data, sde, fn, device)
+  return fn
+
+
+def resolve_hole_threshold(config, data, sde, log_ratio_fn, device):
+  """With ``unlearn.hole_forget_fraction`` q > 0, sets ``unlearn.hole_log_ratio`` (in place) to the ℓ* above
+  which a share q of the D_f training items lie at t = max(eps, forget_t_min) (seeded noise), and logs it;
+  W/config.json then records the resolved value. Does nothing for q = 0."""
+  q = float(config.unlearn.get('hole_forget_fraction', 0.))
+  if q == 0.:
+    return
+  items = datasets.get_data_iterator(data.train.forget, 1000, 0, shuffle=False, drop_last=False, infinite=False)
+  x0 = [x for x, _ in items]
+  x0 = datasets.get_data_scaler(config)(torch.cat(x0)).to(device) if x0 else torch.zeros(0)
+  t = max(float(config.training.eps), float(config.unlearn.forget_t_min))
+  gen = torch.Generator().manual_seed(datasets.derive_seed(config.seed, 'hole-threshold'))
+  try:
+    threshold = noisy_classifier.threshold_for_fraction(log_ratio_fn, x0, sde, t, q, gen)
+  except ValueError as e:
+    raise TrainingError(str(e)) from None
+  logging.info('unlearn.hole_log_ratio = %.4f: a share %.3g of the D_f training items has a larger log '
+               'density ratio at t = %.3g (unlearn.hole_forget_fraction)', threshold, q, t)
+  config.unlearn.hole_log_ratio = threshold
 
 
 def latest_checkpoint(workdir):

@@ -147,6 +147,7 @@ def get_base_config():
   unlearn.hole_depth = 10.               # c: the hole's depth in nats
   unlearn.hole_log_ratio = 0.            # ℓ*: the log density ratio log p_f,t/p_g,t above which it is dug
   unlearn.hole_sharpness = 4.            # β: the edge's steepness per nat of log ratio
+  unlearn.hole_forget_fraction = 0.      # q > 0: set ℓ* so that a share q of D_f lies above it (calibration-free)
 
   # the noisy classifier of D_f against D_g (--mode train_noisy_classifier; unlearn.classifier)
   config.noisy_classifier = nc = ml_collections.ConfigDict()

@@ -150,3 +150,66 @@ def test_hole_analytic_matches_one_dimensional_quadrature():
   fn = noisy_classifier.mixture_log_ratio_fn(datasets.gmm2d_density(), [1], sde)
   near = hole_analytic.log_ratio_on_grid(lambda z, t: fn(z.double(), t.double()), x[::997], 1e-6)
   torch.testing.assert_close(near, (log_pf - log_pg)[::997], atol=1e-3, rtol=0)
+
+
+def _toy_exact_ratio():
+  return noisy_classifier.mixture_log_ratio_fn(datasets.gmm2d_density(), [1], sde_lib.VPSDE())
+
+
+def test_threshold_for_fraction_by_hand():
+  """Forget points x ~ N(0, I) at t ≈ 0, where ℓ = 4 − log cosh(2√2 s), s = (x₁ + x₂)/√2 ~ N(0, 1): a share q
+  has ℓ ≥ ℓ* exactly when |s| ≤ Φ⁻¹((1 + q)/2), so ℓ* = 4 − log cosh(2√2 Φ⁻¹((1 + q)/2))."""
+  from scipy.stats import norm
+  fn = _toy_exact_ratio()
+  x0 = torch.randn(40000, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+  for q in (0.07, 0.2, 0.5):
+    got = noisy_classifier.threshold_for_fraction(fn, x0, sde_lib.VPSDE(), 1e-6, q, torch.Generator().manual_seed(0))
+    s = norm.ppf((1 + q) / 2)
+    expected = 4. - math.log(math.cosh(2 * math.sqrt(2) * s))
+    # the quantile's sampling error: dℓ/ds · sd(s quantile) ≈ 2√2 tanh(2√2 s) · √(q(1−q)/n) / (2 φ(s)) < 0.01
+    assert got == pytest.approx(expected, abs=0.01)
+
+
+def test_threshold_for_fraction_follows_a_monotone_recalibration():
+  """A classifier whose logit is 0.7 ℓ − 0.4 gets the threshold 0.7 ℓ* − 0.4: the same forget points are in the hole."""
+  fn = _toy_exact_ratio()
+  x0 = torch.randn(5000, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+  sde = sde_lib.VPSDE()
+  exact = noisy_classifier.threshold_for_fraction(fn, x0, sde, 1e-3, 0.1, torch.Generator().manual_seed(1))
+  shrunk = noisy_classifier.threshold_for_fraction(lambda x, t: 0.7 * fn(x, t) - 0.4, x0, sde, 1e-3, 0.1,
+                                                   torch.Generator().manual_seed(1))
+  assert shrunk == pytest.approx(0.7 * exact - 0.4, abs=1e-9)
+  for bad in (0., 1., -0.1, 1.5):
+    with pytest.raises(ValueError, match=r'hole_forget_fraction must lie in \(0, 1\)'):
+      noisy_classifier.threshold_for_fraction(fn, x0, sde, 1e-3, bad)
+  with pytest.raises(ValueError, match='D_f is empty'):
+    noisy_classifier.threshold_for_fraction(fn, x0[:0], sde, 1e-3, 0.1)
+
+
+def test_hole_forget_fraction_sets_and_records_the_threshold(tmp_path):
+  """A hole run with ``unlearn.hole_forget_fraction`` trains with the resolved ℓ* and writes it to W/config.json;
+  a bad fraction is refused before anything is written."""
+  import json
+  ref_dir = str(tmp_path / 'ref')
+  run_lib.train(tiny_toy_config(4), ref_dir, 'unseen', progress=False)
+  config = tiny_toy_config(3)
+  u = config.unlearn
+  u.obtuse_form, u.classifier, u.forget_every, u.forget_t_max = 'hole', 'exact', 1, 0.1
+  u.reference = os.path.join(ref_dir, 'checkpoints', 'checkpoint_1.pth')
+  u.hole_forget_fraction = 0.2
+  run_lib.train(config, str(tmp_path / 'run'), 'obtuse', progress=False)
+  saved = json.load(open(tmp_path / 'run' / 'config.json'))['unlearn']
+  # independently: the toy's 200 forget training points (1,000 × 0.2) at t = eps with the same noise
+  data = datasets.get_dataset(tiny_toy_config(3))
+  x0 = torch.stack([data.train.forget[i][0] for i in range(len(data.train.forget))])
+  gen = torch.Generator().manual_seed(datasets.derive_seed(config.seed, 'hole-threshold'))
+  expected = noisy_classifier.threshold_for_fraction(_toy_exact_ratio(), x0, sde_lib.VPSDE(), config.training.eps,
+                                                     0.2, gen)
+  assert saved['hole_log_ratio'] == pytest.approx(expected, abs=1e-6) and saved['hole_forget_fraction'] == 0.2
+  assert 3.5 < saved['hole_log_ratio'] < 4.        # near the exact 3.762 of 20% of N(0, 1) forget points
+  config = tiny_toy_config(3)
+  config.unlearn.update({k: u[k] for k in ('obtuse_form', 'classifier', 'forget_every', 'forget_t_max', 'reference')})
+  config.unlearn.hole_forget_fraction = 1.
+  with pytest.raises(run_lib.TrainingError, match=r'hole_forget_fraction must lie in \(0, 1\)'):
+    run_lib.train(config, str(tmp_path / 'bad'), 'obtuse', progress=False)
+  assert not os.path.exists(tmp_path / 'bad' / 'checkpoints')
