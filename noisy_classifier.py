@@ -51,25 +51,28 @@ def mixture_log_ratio_fn(density, forget_components, sde):
   return fn
 
 
-def threshold_for_fraction(log_ratio_fn, x0, sde, t, fraction, generator=None, batch_size=1000):
-  """ℓ* such that a share ``fraction`` of the items ``x0`` [N, ...] (scaled forget data) have ℓ(x_t, t) ≥ ℓ*.
+def threshold_for_fraction(log_ratio_fn, x0, sde, t_range, fraction, generator=None, repeats=4, batch_size=1000):
+  """ℓ* such that a share ``fraction`` of the forget term's inputs have ℓ(x_t, t) ≥ ℓ*.
 
-  x_t = m_t x0 + σ_t z with z drawn from ``generator``; ℓ* is the (1 − fraction)-quantile of
-  ``log_ratio_fn(x_t, t)`` (nats). A hole thresholded there covers a fixed share of D_f whatever the
-  classifier's calibration: a monotone change of ℓ moves ℓ* with it. Raises ``ValueError`` unless
-  0 < fraction < 1 and there are items.
+  Each of the items ``x0`` [N, ...] (scaled forget data) is drawn ``repeats`` times at t ~ U[t_range]
+  (``(t, t)`` for one time), x_t = m_t x0 + σ_t z, with t and z from ``generator``; ℓ* is the
+  (1 − fraction)-quantile of ``log_ratio_fn(x_t, t)`` (nats) over those draws. A hole thresholded there
+  covers a fixed share of what the forget term sees, whatever the classifier's calibration: a monotone
+  change of ℓ moves ℓ* with it. Raises ``ValueError`` unless 0 < fraction < 1 and there are items.
   """
   if not 0. < float(fraction) < 1.:
     raise ValueError(f'unlearn.hole_forget_fraction must lie in (0, 1), got {fraction}')
   if len(x0) == 0:
     raise ValueError('the hole threshold needs forget data, and D_f is empty')
+  lo, hi = float(t_range[0]), float(t_range[1])
   values = []
   with torch.no_grad():
-    for xb in x0.split(batch_size):
-      tb = torch.full((xb.shape[0],), float(t), dtype=xb.dtype, device=xb.device)
-      mean, std = sde.marginal_prob(xb, tb)
-      z = torch.randn(xb.shape, generator=generator, dtype=xb.dtype).to(xb.device)
-      values.append(log_ratio_fn(mean + append_dims(std, xb.ndim) * z, tb).double().cpu())
+    for _ in range(int(repeats)):
+      for xb in x0.split(batch_size):
+        tb = (lo + (hi - lo) * torch.rand(xb.shape[0], generator=generator, dtype=xb.dtype)).to(xb.device)
+        z = torch.randn(xb.shape, generator=generator, dtype=xb.dtype).to(xb.device)
+        mean, std = sde.marginal_prob(xb, tb)
+        values.append(log_ratio_fn(mean + append_dims(std, xb.ndim) * z, tb).double().cpu())
   return float(torch.quantile(torch.cat(values), 1. - float(fraction)))
 
 

@@ -399,22 +399,22 @@ def load_log_ratio(config, data, sde, device):
 
 def resolve_hole_threshold(config, data, sde, log_ratio_fn, device):
   """With ``unlearn.hole_forget_fraction`` q > 0, sets ``unlearn.hole_log_ratio`` (in place) to the ℓ* above
-  which a share q of the D_f training items lie at t = max(eps, forget_t_min) (seeded noise), and logs it;
-  W/config.json then records the resolved value. Does nothing for q = 0."""
+  which a share q of the forget term's inputs lie: the D_f training items at t ~ U[max(eps, forget_t_min),
+  forget_t_max] with seeded noise. Logs it; W/config.json then records the resolved value. Nothing for q = 0."""
   q = float(config.unlearn.get('hole_forget_fraction', 0.))
   if q == 0.:
     return
   items = datasets.get_data_iterator(data.train.forget, 1000, 0, shuffle=False, drop_last=False, infinite=False)
   x0 = [x for x, _ in items]
   x0 = datasets.get_data_scaler(config)(torch.cat(x0)).to(device) if x0 else torch.zeros(0)
-  t = max(float(config.training.eps), float(config.unlearn.forget_t_min))
+  t_range = (max(float(config.training.eps), float(config.unlearn.forget_t_min)), float(config.unlearn.forget_t_max))
   gen = torch.Generator().manual_seed(datasets.derive_seed(config.seed, 'hole-threshold'))
   try:
-    threshold = noisy_classifier.threshold_for_fraction(log_ratio_fn, x0, sde, t, q, gen)
+    threshold = noisy_classifier.threshold_for_fraction(log_ratio_fn, x0, sde, t_range, q, gen)
   except ValueError as e:
     raise TrainingError(str(e)) from None
-  logging.info('unlearn.hole_log_ratio = %.4f: a share %.3g of the D_f training items has a larger log '
-               'density ratio at t = %.3g (unlearn.hole_forget_fraction)', threshold, q, t)
+  logging.info('unlearn.hole_log_ratio = %.4f: a share %.3g of the D_f training items at t in [%.3g, %.3g] has '
+               'a larger log density ratio (unlearn.hole_forget_fraction)', threshold, q, *t_range)
   config.unlearn.hole_log_ratio = threshold
 
 

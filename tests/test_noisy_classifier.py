@@ -163,7 +163,8 @@ def test_threshold_for_fraction_by_hand():
   fn = _toy_exact_ratio()
   x0 = torch.randn(40000, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
   for q in (0.07, 0.2, 0.5):
-    got = noisy_classifier.threshold_for_fraction(fn, x0, sde_lib.VPSDE(), 1e-6, q, torch.Generator().manual_seed(0))
+    got = noisy_classifier.threshold_for_fraction(fn, x0, sde_lib.VPSDE(), (1e-6, 1e-6), q,
+                                                   torch.Generator().manual_seed(0), repeats=1)
     s = norm.ppf((1 + q) / 2)
     expected = 4. - math.log(math.cosh(2 * math.sqrt(2) * s))
     # the quantile's sampling error: dℓ/ds · sd(s quantile) ≈ 2√2 tanh(2√2 s) · √(q(1−q)/n) / (2 φ(s)) < 0.01
@@ -175,15 +176,15 @@ def test_threshold_for_fraction_follows_a_monotone_recalibration():
   fn = _toy_exact_ratio()
   x0 = torch.randn(5000, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
   sde = sde_lib.VPSDE()
-  exact = noisy_classifier.threshold_for_fraction(fn, x0, sde, 1e-3, 0.1, torch.Generator().manual_seed(1))
-  shrunk = noisy_classifier.threshold_for_fraction(lambda x, t: 0.7 * fn(x, t) - 0.4, x0, sde, 1e-3, 0.1,
+  exact = noisy_classifier.threshold_for_fraction(fn, x0, sde, (1e-3, 0.1), 0.1, torch.Generator().manual_seed(1))
+  shrunk = noisy_classifier.threshold_for_fraction(lambda x, t: 0.7 * fn(x, t) - 0.4, x0, sde, (1e-3, 0.1), 0.1,
                                                    torch.Generator().manual_seed(1))
   assert shrunk == pytest.approx(0.7 * exact - 0.4, abs=1e-9)
   for bad in (0., 1., -0.1, 1.5):
     with pytest.raises(ValueError, match=r'hole_forget_fraction must lie in \(0, 1\)'):
-      noisy_classifier.threshold_for_fraction(fn, x0, sde, 1e-3, bad)
+      noisy_classifier.threshold_for_fraction(fn, x0, sde, (1e-3, 0.1), bad)
   with pytest.raises(ValueError, match='D_f is empty'):
-    noisy_classifier.threshold_for_fraction(fn, x0[:0], sde, 1e-3, 0.1)
+    noisy_classifier.threshold_for_fraction(fn, x0[:0], sde, (1e-3, 0.1), 0.1)
 
 
 def test_hole_forget_fraction_sets_and_records_the_threshold(tmp_path):
@@ -199,14 +200,15 @@ def test_hole_forget_fraction_sets_and_records_the_threshold(tmp_path):
   u.hole_forget_fraction = 0.2
   run_lib.train(config, str(tmp_path / 'run'), 'obtuse', progress=False)
   saved = json.load(open(tmp_path / 'run' / 'config.json'))['unlearn']
-  # independently: the toy's 200 forget training points (1,000 × 0.2) at t = eps with the same noise
+  # independently: the toy's 200 forget training points (1,000 × 0.2) at t ~ U[eps, 0.1], with the same draws
   data = datasets.get_dataset(tiny_toy_config(3))
   x0 = torch.stack([data.train.forget[i][0] for i in range(len(data.train.forget))])
   gen = torch.Generator().manual_seed(datasets.derive_seed(config.seed, 'hole-threshold'))
-  expected = noisy_classifier.threshold_for_fraction(_toy_exact_ratio(), x0, sde_lib.VPSDE(), config.training.eps,
-                                                     0.2, gen)
+  expected = noisy_classifier.threshold_for_fraction(_toy_exact_ratio(), x0, sde_lib.VPSDE(),
+                                                     (config.training.eps, 0.1), 0.2, gen)
   assert saved['hole_log_ratio'] == pytest.approx(expected, abs=1e-6) and saved['hole_forget_fraction'] == 0.2
-  assert 3.5 < saved['hole_log_ratio'] < 4.        # near the exact 3.762 of 20% of N(0, 1) forget points
+  # below the t = 0 value for 20% of N(0, 1) forget points (3.762): the ratio falls with t (max 4 m_t²)
+  assert 3. < saved['hole_log_ratio'] < 3.76
   config = tiny_toy_config(3)
   config.unlearn.update({k: u[k] for k in ('obtuse_form', 'classifier', 'forget_every', 'forget_t_max', 'reference')})
   config.unlearn.hole_forget_fraction = 1.
