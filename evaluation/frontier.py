@@ -465,5 +465,5 @@ def plot_frontier(ax, runs: Optional[Dict[str, Tuple[float, float]]] = None, nll
   ax.set_xlabel('NLL D_g (paper scale)')
   ax.set_ylabel('NLL D_f (paper scale)')
   ax.set_ylim(bottom, top)
-  ax.legend(fontsize=8, loc='best')
+  ax.legend(fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.28), ncol=2)   # below: runs sit anywhere
   return ax
