@@ -45,6 +45,7 @@ import torch
 from torch.utils.data import Dataset, DataLoader, default_collate
 
 import utils
+from configs import default_configs
 
 # Where Debian's dataset-* packages install their files (override: config.data.debian_datasets_dir).
 DEFAULT_DEBIAN_DATASETS_DIR = '/usr/share/datasets'
@@ -87,6 +88,7 @@ class DatasetUnavailableError(RuntimeError):
 
 def get_data_scaler(config) -> Callable[[torch.Tensor], torch.Tensor]:
   """Maps data in ``[0, 1]`` to ``[-1, 1]`` when ``data.centered``, identity otherwise."""
+  config = default_configs.with_defaults(config)
   if config.data.centered:
     return lambda x: x * 2. - 1.
   return lambda x: x
@@ -94,6 +96,7 @@ def get_data_scaler(config) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def get_data_inverse_scaler(config) -> Callable[[torch.Tensor], torch.Tensor]:
   """Inverse of ``get_data_scaler``: ``[-1, 1] -> [0, 1]`` when ``data.centered``, identity otherwise."""
+  config = default_configs.with_defaults(config)
   if config.data.centered:
     return lambda x: (x + 1.) / 2.
   return lambda x: x
@@ -871,6 +874,7 @@ def get_dataset(config, evaluation: bool = False,
   Raises ``ValueError`` for an unknown data set or forget set, ``DatasetUnavailableError`` when the data
   are absent and cannot be downloaded.
   """
+  config = default_configs.with_defaults(config)
   name = canonical_dataset_name(config.data.dataset)
   spec = config.unlearn.forget
   known = {'MNIST': DIGIT_NAMES, 'MNIST5K': DIGIT_NAMES, 'DIGITS8X8': DIGIT_NAMES,

@@ -27,6 +27,7 @@ import torch.optim as optim
 
 from models import utils as mutils
 from tensor_utils import append_dims
+from configs import default_configs
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -35,6 +36,7 @@ from tensor_utils import append_dims
 
 def get_optimizer(config, params):
   """The optimiser named by ``config.optim.optimizer`` (only Adam, as in the official code)."""
+  config = default_configs.with_defaults(config)
   if config.optim.optimizer != 'Adam':
     raise ValueError(f"unknown optimizer '{config.optim.optimizer}'; valid: Adam")
   return optim.Adam(params, lr=config.optim.lr, betas=(config.optim.beta1, 0.999), eps=config.optim.eps,
@@ -43,6 +45,7 @@ def get_optimizer(config, params):
 
 def optimization_manager(config):
   """``optimize_fn(optimizer, params, step)``: linear learning-rate warm-up, gradient-norm clipping, step."""
+  config = default_configs.with_defaults(config)
 
   def optimize_fn(optimizer, params, step, lr=config.optim.lr, warmup=config.optim.warmup,
                   grad_clip=config.optim.grad_clip):

@@ -28,6 +28,34 @@ flags.DEFINE_boolean('progress', True, 'Show progress bars.')
 flags.mark_flags_as_required(['workdir', 'config', 'mode'])
 
 
+def error_exit(message, code=1):
+  """Bad input: one line on stderr, a non-zero exit status."""
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(code)
+
+
+def parse_flags(argv):
+  """absl's parser, with every failure (unknown flag or config key, a config file that cannot be loaded,
+  a bad value, a missing required flag) reported in one line instead of a traceback or usage dump."""
+  try:
+    return FLAGS(argv)
+  except Exception as e:   # noqa: BLE001  (flags, ml_collections and the config file raise many kinds)
+    error_exit(describe_flag_error(e))
+
+
+def describe_flag_error(e):
+  text = ' '.join(str(e).split())
+  if isinstance(e, (AttributeError, KeyError)) and '--config.' in ' '.join(sys.argv):
+    key = text.strip('"\'').split("'")[0] if "'" in text else text
+    wanted = [a.split('=')[0] for a in sys.argv if a.startswith('--config.')]
+    return (f'unknown config key {key!r} in {", ".join(wanted)}: every key must exist in the config file '
+            '(see configs/default_configs.py for the keys)')
+  if isinstance(e, OSError) or 'Failed loading config file' in text:
+    reason = text.split('[Errno')[-1].split(']', 1)[-1].strip() if '[Errno' in text else text
+    return f'cannot load the config file: {reason}'
+  return text
+
+
 def run(argv):
   del argv
   import os
@@ -37,21 +65,31 @@ def run(argv):
   import noisy_classifier
   import run_lib
   import utils
+  from evaluation import run as evaluation_run
 
-  expected = (ValueError, FileNotFoundError, run_lib.TrainingError,
-              utils.CheckpointError, datasets.DatasetUnavailableError)
+  try:
+    config = FLAGS.config
+    getattr(config, 'lock')   # a config file that failed to load raises on first use
+  except Exception as e:   # noqa: BLE001
+    error_exit(describe_flag_error(e))
+  expected = (ValueError, FileNotFoundError, run_lib.TrainingError, utils.CheckpointError, utils.WriteError,
+              utils.WorkdirBusyError, datasets.DatasetUnavailableError)
   try:
     losses.get_task(FLAGS.task)
     if FLAGS.mode == 'train':
-      run_lib.train(FLAGS.config, FLAGS.workdir, FLAGS.task, FLAGS.finetune, progress=FLAGS.progress)
+      run_lib.train(config, FLAGS.workdir, FLAGS.task, FLAGS.finetune, progress=FLAGS.progress)
     elif FLAGS.mode == 'eval':
-      from evaluation import run as evaluation_run
-      results = evaluation_run.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.task, FLAGS.eval_folder,
+      results = evaluation_run.evaluate(config, FLAGS.workdir, FLAGS.task, FLAGS.eval_folder,
                                         progress=FLAGS.progress)
       print(evaluation_run.markdown(results))
     elif FLAGS.mode == 'train_noisy_classifier':
       path = os.path.join(FLAGS.workdir, noisy_classifier.FILENAME)
-      meta = noisy_classifier.train_noisy_classifier(FLAGS.config, path, progress=FLAGS.progress)
+      created = utils.make_run_folder(FLAGS.workdir)
+      try:
+        with utils.FolderLock(FLAGS.workdir, 'noisy-classifier training'):
+          meta = noisy_classifier.train_noisy_classifier(config, path, progress=FLAGS.progress)
+      finally:
+        utils.remove_if_unused(FLAGS.workdir, created)
       print(f"noisy classifier written to {path}: balanced test accuracy {meta['test_balanced_accuracy']:.4f}, "
             f"cross-entropy {meta['test_cross_entropy']:.4f} nats (t in [{meta['t_min']}, {meta['t_max']}])")
     else:
@@ -59,17 +97,21 @@ def run(argv):
       path = os.path.join(FLAGS.workdir, classifier.CLASSIFIER_FILENAME)
       if os.path.exists(path):
         raise ValueError(f'{path} exists already; remove it or choose another --workdir')
-      os.makedirs(FLAGS.workdir, exist_ok=True)
-      meta = classifier.train_classifier(FLAGS.config, path, progress=FLAGS.progress)
+      created = utils.make_run_folder(FLAGS.workdir)
+      try:
+        with utils.FolderLock(FLAGS.workdir, 'classifier training'):
+          meta = classifier.train_classifier(config, path, progress=FLAGS.progress)
+      finally:
+        utils.remove_if_unused(FLAGS.workdir, created)
       print(f"classifier written to {path}: test accuracy {meta['test_accuracy']:.4f}, sha256 {meta['sha256']}")
   except expected as e:
-    logging.error('%s', e)
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+    error_exit(' '.join(str(e).split()) if '\n' in str(e) else str(e))
+  except OSError as e:
+    error_exit(f'{e.filename or FLAGS.workdir}: {e.strerror or e} (check the path, its permissions and free space)')
   except KeyboardInterrupt:
     print('interrupted; run the same command again to resume from the last checkpoint', file=sys.stderr)
     sys.exit(130)
 
 
 if __name__ == '__main__':
-  app.run(run)
+  app.run(run, flags_parser=parse_flags)

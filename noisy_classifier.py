@@ -24,6 +24,7 @@ import utils
 from models import utils as mutils
 from models.ema import ExponentialMovingAverage
 from tensor_utils import append_dims
+from configs import default_configs
 
 
 def mixture_log_ratio_fn(density, forget_components, sde):
@@ -140,6 +141,7 @@ def train_noisy_classifier(config, out_path, progress=True):
   learning-rate decay to zero; the EMA of the weights (``noisy_classifier.ema_rate``) is saved. Seeded from
   ``config.seed``.
   """
+  config = default_configs.with_defaults(config)
   import run_lib   # here, not at the top: run_lib imports this module
 
   if os.path.exists(out_path):

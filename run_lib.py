@@ -10,6 +10,7 @@ Work-directory layout (as in score_sde / MSGM):
   W/tensorboard/                     scalars loss, loss_g, loss_f, eval_loss
 Every file is written atomically; nothing already written is overwritten except the resume checkpoint.
 """
+import contextlib
 import json
 import logging as py_logging
 import math
@@ -29,6 +30,7 @@ import presets
 import sampling
 import sde_lib
 import utils
+from configs import default_configs
 from models import utils as mutils
 from models.ema import ExponentialMovingAverage
 
@@ -193,26 +195,54 @@ def _start_state(config, workdir, finetune, device):
   return state, 'fresh'
 
 
+def log_to_file(handler, message, level=py_logging.ERROR):
+  """Writes ``message`` to the run's log file only (the console gets it once, from main.py)."""
+  if handler is not None:
+    handler.emit(py_logging.LogRecord('absl', level, __file__, 0, message, None, None))
+
+
 def train(config, workdir, task='standard', finetune=False, progress=True):
   """Trains a score model for ``task`` (see ``losses.TASKS``) in ``workdir``; returns the final state.
 
   From scratch, by fine-tuning ``config.training.pretrained`` (``finetune``), or resuming from
-  ``W/checkpoints-meta/checkpoint.pth`` when it exists. Raises ``TrainingError`` (or
-  ``utils.CheckpointError``, ``datasets.DatasetUnavailableError``, ``ValueError``) on bad input; a
-  non-finite loss stops the run without writing the bad state.
+  ``W/checkpoints-meta/checkpoint.pth`` when it exists. One run per work directory: the first holds a
+  lock (``utils.FolderLock``) and a second is refused. Raises ``TrainingError`` (or
+  ``utils.CheckpointError``, ``utils.WriteError``, ``utils.WorkdirBusyError``,
+  ``datasets.DatasetUnavailableError``, ``ValueError``) on bad input, before anything is written; a
+  refused start leaves no new work directory behind. A non-finite loss or weights stop the run without
+  writing them.
   """
+  config = default_configs.with_defaults(config)
   task = losses.get_task(task)
   presets.apply_preset(config, task.name)
   _check_config(config)
   main = is_main_process()
-  os.makedirs(workdir, exist_ok=True)
-  handler = add_log_file(workdir) if main else None
+  created = utils.make_run_folder(workdir)
+  lock = utils.FolderLock(workdir, 'training run') if main else contextlib.nullcontext()
+  handler, ok = None, False
   try:
-    return _train(config, workdir, task, finetune, progress and main, main)
+    with lock:
+      if main:
+        folders = [workdir, os.path.join(workdir, 'checkpoints'), os.path.join(workdir, 'checkpoints-meta')]
+        samples = os.path.join(workdir, 'samples')
+        if os.path.isdir(samples):
+          folders += [os.path.join(samples, d) for d in os.listdir(samples)]
+        handler = add_log_file(workdir)
+        for path in utils.remove_tmp_files(folders):
+          logging.info('removed %s, left by an interrupted save', path)
+      try:
+        state = _train(config, workdir, task, finetune, progress and main, main)
+        ok = True
+        return state
+      except Exception as e:
+        log_to_file(handler, str(e))
+        raise
   finally:
     if handler is not None:
       logging.get_absl_logger().removeHandler(handler)
       handler.close()
+    if not ok and main:
+      utils.remove_if_unused(workdir, created)
 
 
 def _train(config, workdir, task, finetune, progress, main):
@@ -244,15 +274,12 @@ def _train(config, workdir, task, finetune, progress, main):
   elif state.get('rng') is not None:
     set_rng_state(state['rng'])
 
-  if main:
-    save_config(config, workdir, state['step'])
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   meta_path = os.path.join(workdir, 'checkpoints-meta', 'checkpoint.pth')
 
   retain_part = task.retain_data
   data_seed = datasets.derive_seed(config.seed, 'train', task.name)
   # The forget iterator advances only on forget steps, so its position is the number of forget steps so far.
-  forget_every = int(config.unlearn.forget_every)
   start = int(state['step'])
   forget_done = 0 if task.forget_term is None else sum(step_fn.needs_forget_batch(s) for s in range(start))
   def batch_size(part, wanted):
@@ -262,12 +289,12 @@ def _train(config, workdir, task, finetune, progress, main):
                       part, n, wanted, n)
     return min(wanted, n) if n else wanted
 
+  if task.forget_term is not None and len(data.train.forget) == 0:
+    raise TrainingError(f'task {task.name} needs forget data, but D_f is empty')
   retain_iter = data.iterator('train', retain_part, batch_size(retain_part, tc.batch_size), data_seed,
                               start_step=start, num_workers=tc.num_workers)
   forget_iter = None
   if task.forget_term is not None:
-    if len(data.train.forget) == 0:
-      raise TrainingError(f'task {task.name} needs forget data, but D_f is empty')
     forget_iter = data.iterator('train', 'forget', batch_size('forget', tc.batch_size_un),
                                 datasets.derive_seed(data_seed, 'forget'),
                                 start_step=forget_done, num_workers=tc.num_workers)
@@ -282,6 +309,9 @@ def _train(config, workdir, task, finetune, progress, main):
                                      random_flip=False, uniform_dequantization=False, drop_last=False,
                                      start_step=evals_done)
 
+  # Everything was accepted: from here on the run writes into the work directory.
+  if main:
+    save_config(config, workdir, state['step'])
   writer = None
   if main:
     from torch.utils.tensorboard import SummaryWriter
@@ -291,10 +321,32 @@ def _train(config, workdir, task, finetune, progress, main):
     x, _ = next(iterator)
     return scaler(x.to(device))
 
-  def snapshot(step):
+  monitor = LossMonitor()
+
+  def check(step):
+    """Stops the run (nothing saved) if the loss was not finite since the last check or the weights are
+    not finite; warns about loss jumps. Reads values back from the device: called at log and save points."""
+    bad_step, jumps = monitor.check()
+    for jump_step, ratio, value in jumps:
+      logging.warning('step %d: the loss %.4g is %.3g times its running average: the run may be diverging '
+                      '(lower optim.lr or the unlearning weights)', jump_step, value, ratio)
+    last_good = (f'The last good state is in {meta_path} and {ckpt_dir} (if written): lower optim.lr or the '
+                 'unlearning weights and run the same command again to resume from it.')
+    if bad_step is not None:
+      raise TrainingError(f'the loss became {monitor.bad_value} at step {bad_step}; stopping without saving the '
+                          f'weights. {last_good}')
+    problem = utils.state_problem(state)
+    if problem is not None:
+      raise TrainingError(f'the weights are not finite after step {step} ({problem}); stopping without saving '
+                          f'them. {last_good}')
+
+  def save(path):
+    check(int(state['step']))
     state['rng'] = rng_state()
-    utils.save_checkpoint(os.path.join(ckpt_dir, f'checkpoint_{step // tc.snapshot_freq}.pth'),
-                          dict(state, config=config))
+    utils.save_checkpoint(path, dict(state, config=config))
+
+  def snapshot(step):
+    save(os.path.join(ckpt_dir, f'checkpoint_{step // tc.snapshot_freq}.pth'))
     if sampling_fn is not None:
       gen = torch.Generator(device=device).manual_seed(datasets.derive_seed(config.seed, 'snapshot', step))
       samples, nfe = sample_with_ema(state, sampling_fn, generator=gen)
@@ -311,25 +363,23 @@ def _train(config, workdir, task, finetune, progress, main):
       step = int(state['step'])
       batch_f = batch(forget_iter) if step_fn.needs_forget_batch(step) else None
       out = step_fn(state, batch(retain_iter), batch_f)
+      monitor.update(out['loss'], step)
       done = int(state['step'])
       steps_timed += 1
-      if not math.isfinite(out['loss'].item()):
-        raise TrainingError(
-          f'the loss became {out["loss"].item()} at step {step} (loss_g {out["loss_g"].item()}, loss_f '
-          f'{out["loss_f"].item()}); stopping without saving it. The last good state is in {meta_path} '
-          f'and {ckpt_dir} (if written): lower optim.lr or unlearn weights and resume.')
       bar.update(1)
       if done % tc.log_freq == 0 or done == n_iters:
+        check(done)
+        values = {k: out[k].item() for k in ('loss', 'loss_g', 'loss_f')}
         rate = steps_timed / max(time.time() - t0, 1e-9)
-        bar.set_postfix(loss=f'{out["loss"].item():.4g}', steps_per_s=f'{rate:.1f}')
-        msg = f'step {done}: loss {out["loss"].item():.5e}, loss_g {out["loss_g"].item():.5e}'
-        if not math.isnan(out['loss_f'].item()):
-          msg += f', loss_f {out["loss_f"].item():.5e}'
+        bar.set_postfix(loss=f'{values["loss"]:.4g}', steps_per_s=f'{rate:.1f}')
+        msg = f'step {done}: loss {values["loss"]:.5e}, loss_g {values["loss_g"]:.5e}'
+        if not math.isnan(values['loss_f']):
+          msg += f', loss_f {values["loss_f"]:.5e}'
         logging.info(msg)
         if writer is not None:
-          for key in ('loss', 'loss_g', 'loss_f'):
-            if not math.isnan(out[key].item()):
-              writer.add_scalar(key, out[key].item(), done)
+          for key, value in values.items():
+            if not math.isnan(value):
+              writer.add_scalar(key, value, done)
       if tc.eval_freq > 0 and done % tc.eval_freq == 0:
         eval_f = batch(eval_forget_iter) if eval_forget_iter is not None else None
         if task.forget_term is None or eval_f is not None:
@@ -339,10 +389,10 @@ def _train(config, workdir, task, finetune, progress, main):
           if writer is not None:
             writer.add_scalar('eval_loss', ev['loss'].item(), done)
       if main and (done % tc.snapshot_freq_for_preemption == 0 or done == n_iters):
-        state['rng'] = rng_state()
-        utils.save_checkpoint(meta_path, dict(state, config=config))
+        save(meta_path)
       if main and done % tc.snapshot_freq == 0:
         snapshot(done)
+    check(int(state['step']))
   except KeyboardInterrupt:
     logging.warning('interrupted at step %d; resume with the same command (from %s)', state['step'], meta_path)
     raise
@@ -351,6 +401,57 @@ def _train(config, workdir, task, finetune, progress, main):
     if writer is not None:
       writer.close()
   return state
+
+
+class LossMonitor:
+  """Watches the training loss where it lives (no read-back to the host every step).
+
+  ``update(loss, step)`` records the first step whose loss is not finite and the largest ratio of |loss|
+  to its running average (an exponential average with ``decay``; a ratio above ``jump`` is a warning).
+  ``check()`` reads them back: ``(first non-finite step or None, [(step, ratio, loss)])`` and starts a new
+  window for the jumps.
+  """
+
+  def __init__(self, decay=0.99, jump=100.):
+    self.decay, self.jump = decay, jump
+    self._bad = self._bad_value = self._running = self._ratio = self._ratio_step = self._ratio_value = None
+    self.bad_value = None
+
+  def update(self, loss, step):
+    a = loss.detach().double().abs()
+    if self._bad is None:
+      self._bad = torch.full((), -1, dtype=torch.long, device=a.device)
+      self._bad_value = torch.zeros((), dtype=torch.float64, device=a.device)
+      self._running = torch.full((), float('nan'), dtype=torch.float64, device=a.device)
+      self._reset_window(a.device)
+    finite = torch.isfinite(a)
+    first = ~finite & (self._bad < 0)
+    self._bad = torch.where(first, step, self._bad)
+    self._bad_value = torch.where(first, loss.detach().double(), self._bad_value)
+    started = ~torch.isnan(self._running)
+    ratio = torch.where(finite & started & (self._running > 0), a / self._running, torch.zeros_like(a))
+    larger = ratio > self._ratio
+    self._ratio = torch.where(larger, ratio, self._ratio)
+    self._ratio_step = torch.where(larger, step, self._ratio_step)
+    self._ratio_value = torch.where(larger, loss.detach().double(), self._ratio_value)
+    mixed = torch.where(started, self.decay * self._running + (1. - self.decay) * a, a)
+    self._running = torch.where(finite, mixed, self._running)
+
+  def _reset_window(self, device):
+    self._ratio = torch.zeros((), dtype=torch.float64, device=device)
+    self._ratio_step = torch.full((), -1, dtype=torch.long, device=device)
+    self._ratio_value = torch.zeros((), dtype=torch.float64, device=device)
+
+  def check(self):
+    if self._bad is None:
+      return None, []
+    bad = int(self._bad)
+    self.bad_value = float(self._bad_value)
+    jumps = []
+    if float(self._ratio) > self.jump:
+      jumps.append((int(self._ratio_step), float(self._ratio), float(self._ratio_value)))
+    self._reset_window(self._ratio.device)
+    return (bad if bad >= 0 else None), jumps
 
 
 def load_ema_model(config, ckpt_path, device):
@@ -419,18 +520,26 @@ def resolve_hole_threshold(config, data, sde, log_ratio_fn, device):
 
 
 def latest_checkpoint(workdir):
-  """The path and step of the most advanced checkpoint in W/checkpoints or W/checkpoints-meta (None if none)."""
+  """The path and step of the most advanced checkpoint: the kept one with the largest K in
+  W/checkpoints/checkpoint_K.pth or the resume checkpoint W/checkpoints-meta/checkpoint.pth, whichever
+  holds the later step (None if there is none). Only those two files are read, so a damaged older
+  checkpoint does not stand in the way; a damaged candidate raises ``utils.CheckpointError``."""
   candidates = []
   folder = os.path.join(workdir, 'checkpoints')
   if os.path.isdir(folder):
-    candidates += [os.path.join(folder, f) for f in os.listdir(folder)
-                   if f.startswith('checkpoint_') and f.endswith('.pth')]
+    kept = []
+    for name in os.listdir(folder):
+      stem = name[len('checkpoint_'):-len('.pth')] if name.startswith('checkpoint_') and name.endswith('.pth') else ''
+      if stem.isdigit():
+        kept.append((int(stem), os.path.join(folder, name)))
+    if kept:
+      candidates.append(max(kept)[1])
   meta = os.path.join(workdir, 'checkpoints-meta', 'checkpoint.pth')
   if os.path.exists(meta):
     candidates.append(meta)
   best = None
   for path in candidates:
-    step = int(utils.load_file(path).get('step', -1))
+    step = int(utils.load_file(path, verify=False).get('step', -1))
     if best is None or step > best[1]:
       best = (path, step)
   return best

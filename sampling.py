@@ -32,6 +32,7 @@ import sde_lib
 from cuda_graphs import maybe_graphed
 from models import utils as mutils
 from tensor_utils import append_dims
+from configs import default_configs
 
 _PREDICTORS = {}
 _CORRECTORS = {}
@@ -551,6 +552,7 @@ def get_sampling_fn(config, sde, shape, inverse_scaler, eps=None, progress=False
     parameterisation of ``config.training.continuous``; the ODE sampler, as score_sde, always conditions
     on continuous time (smooth in t; for VP it coincides with the discrete labels when N = 1000).
   """
+  config = default_configs.with_defaults(config)
   shape = tuple(shape)
   eps = resolve_eps(config, sde, eps)
   s = config.sampling

@@ -20,6 +20,7 @@ import math
 import torch
 
 from tensor_utils import append_dims, sum_flat, num_dims
+from configs import default_configs
 
 # The continuous-time VP/sub-VP networks of score_sde are conditioned on ``t * 999`` regardless of N.
 VP_CONTINUOUS_LABEL_SCALE = 999.
@@ -334,6 +335,7 @@ _SDES = {'vpsde': VPSDE, 'subvpsde': subVPSDE, 'vesde': VESDE}
 
 def get_sde(config):
   """Builds the SDE named by ``config.training.sde`` from ``config.model`` (β or σ range, ``num_scales``)."""
+  config = default_configs.with_defaults(config)
   name = config.training.sde.lower()
   if name not in _SDES:
     raise ValueError(f"unknown SDE '{config.training.sde}'; valid: {', '.join(sorted(_SDES))}")

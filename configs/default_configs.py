@@ -161,3 +161,32 @@ def get_base_config():
   config.seed = 42
   config.device = 'auto'                 # auto | cpu | cuda | cuda:N
   return config
+
+
+def _missing(base, config, prefix=()):
+  """``(path, default)`` for every key of ``base`` that ``config`` lacks (a missing section counts once)."""
+  for key, default in base.items():
+    if key not in config:
+      yield prefix + (key,), default
+    elif isinstance(default, ml_collections.ConfigDict) and isinstance(config[key], ml_collections.ConfigDict):
+      yield from _missing(default, config[key], prefix + (key,))
+
+
+def with_defaults(config):
+  """``config`` with every key it lacks filled in from ``get_base_config()``, so that a config written for
+  score_sde / MSGM (their keys only, e.g. no ``sampling.ode_method`` or ``unlearn`` section) works with
+  every entry point here: the official tolerances, RK45, and the paper's MSGM settings. Keys the config
+  has are never changed. Completes a ``ConfigDict`` in place (locked or not) and returns it; a
+  ``FrozenConfigDict`` is returned as a completed, unfrozen copy."""
+  missing = list(_missing(get_base_config(), config))
+  if not missing:
+    return config
+  if isinstance(config, ml_collections.FrozenConfigDict):
+    config = ml_collections.ConfigDict(config.as_configdict())
+  with config.unlocked():
+    for path, default in missing:
+      section = config
+      for key in path[:-1]:
+        section = section[key]
+      section[path[-1]] = default
+  return config

@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 import datasets
 import utils
+from configs import default_configs
 
 #: the file name ``--mode train_classifier`` writes in the work directory.
 CLASSIFIER_FILENAME = 'classifier.pth'
@@ -490,6 +491,7 @@ def train_classifier(config, out_path: str, progress: bool = True, device=None, 
   ``default_training_settings``; ``device`` defaults to ``config.device``. Raises ``ClassifierError``
   for the 2-D toy (its classifier is exact).
   """
+  config = default_configs.with_defaults(config)
   data = datasets.get_dataset(_config_for_all_classes(config), evaluation=True)
   if not data.is_image:
     raise ClassifierError(f'{data.name} needs no trained classifier: its Unlearning Ratio uses the exact '
@@ -579,8 +581,13 @@ def get_classifier(config, device='cpu', data=None, path: Optional[str] = None) 
   """The Unlearning-Ratio classifier of ``config``: the exact ``GMMClassifier`` for the 2-D toy
   (with its Bayes test accuracy), else the file ``path`` (default ``config.eval.classifier``) via
   ``load_classifier``."""
+  config = default_configs.with_defaults(config)
   if data is None:
     data = datasets.get_dataset(_config_for_all_classes(config), evaluation=True)
   if data.density is not None:
+    given = path if path is not None else config.eval.classifier
+    if given:
+      logging.warning('eval.classifier=%s is not used: %s is drawn from a known density, so its exact (Bayes) '
+                      'classifier gives the Unlearning Ratio', given, data.name)
     return GMMClassifier(data.density, data.name, data.class_names).with_test_accuracy(data)
   return load_classifier(path if path is not None else config.eval.classifier, config, device, data)

@@ -15,6 +15,7 @@ written. Results: ``W/<eval_folder>/results.json`` (the last checkpoint), ``resu
 ``results.md``, ``samples_<step>.png``, the per-item NLLs ``nll_items_<step>.npz`` (for ``evaluation.compare``)
 and TensorBoard scalars in ``W/<eval_folder>/tensorboard``.
 """
+import contextlib
 import json
 import os
 
@@ -28,6 +29,7 @@ import run_lib
 import sampling
 import sde_lib
 import utils
+from configs import default_configs
 from evaluation import classifier as classifier_lib
 from evaluation import fid as fid_lib
 from evaluation import nll as nll_lib
@@ -144,6 +146,7 @@ def evaluate(config, workdir, task='standard', eval_folder='eval', progress=True
 
   ``keep_samples`` adds the samples tensor under ``'samples'`` of the returned dict (not written to JSON).
   """
+  config = default_configs.with_defaults(config)
   task = losses.get_task(task)
   device = run_lib.resolve_device(config.device)
   run_lib.seed_everything(config.seed)
@@ -167,11 +170,25 @@ def evaluate(config, workdir, task='standard', eval_folder='eval', progress=True
       raise EvaluationError(f'the {ev.bpd_dataset} split has an empty D_g or D_f: nothing to measure')
 
   out_dir = os.path.join(workdir, eval_folder)
-  os.makedirs(out_dir, exist_ok=True)
-  writer = None
-  if run_lib.is_main_process():
-    from torch.utils.tensorboard import SummaryWriter
-    writer = SummaryWriter(os.path.join(out_dir, 'tensorboard'))
+  created = utils.make_run_folder(out_dir)
+  ok = False
+  try:
+    with utils.FolderLock(out_dir, 'evaluation'):
+      utils.remove_tmp_files([out_dir])
+      results = _evaluate_checkpoints(config, task, data, sde, ckpts, classifier, features_fn, out_dir, device,
+                                      progress, keep_samples)
+      ok = True
+      return results
+  finally:
+    if not ok:
+      utils.remove_if_unused(out_dir, created)
+
+
+def _evaluate_checkpoints(config, task, data, sde, ckpts, classifier, features_fn, out_dir, device, progress,
+                          keep_samples):
+  ev = config.eval
+  sampling_on = bool(ev.enable_sampling or ev.enable_fid)
+  writer = _LazyWriter(os.path.join(out_dir, 'tensorboard')) if run_lib.is_main_process() else None
   handler = run_lib.add_log_file(out_dir)
   scaler = datasets.get_data_scaler(config)
   inverse = datasets.get_data_inverse_scaler(config)
@@ -193,21 +210,32 @@ def evaluate(config, workdir, task='standard', eval_folder='eval', progress=True
                                                  cuda_graph=config.sampling.get('cuda_graph', True))
         nll = {}
         for part in ('retain', 'forget'):
-          nll[part] = nll_lib.dataset_nll(ll_fn, model, data.split(ev.bpd_dataset).part(part), scaler, inverse,
-                                          batch_size=ev.batch_size, seed=datasets.derive_seed(config.seed, 'bpd'),
-                                          num_repeats=ev.bpd_num_repeats, dequantize=data.is_image,
-                                          max_items=ev.bpd_num_samples, device=device, progress=progress,
-                                          desc=f'NLL {part}')
+          with _failure_names(path, f'the NLL of {"D_g" if part == "retain" else "D_f"}'):
+            nll[part] = nll_lib.dataset_nll(ll_fn, model, data.split(ev.bpd_dataset).part(part), scaler, inverse,
+                                            batch_size=ev.batch_size, seed=datasets.derive_seed(config.seed, 'bpd'),
+                                            num_repeats=ev.bpd_num_repeats, dequantize=data.is_image,
+                                            max_items=ev.bpd_num_samples, device=device, progress=progress,
+                                            desc=f'NLL {part}')
+          bad = int((~torch.isfinite(nll[part]['items_nats'])).sum())
+          if bad:
+            raise EvaluationError(f'the NLL of {bad} {part} items is not finite under {path}: the model is broken '
+                                  '(a diverged run?); no NLL is reported')
         results['nll_bpd'] = {part: nll[part]['bpd'] for part in nll}
         if not data.is_image:
           results['nll_nats'] = {part: nll[part]['nats'] for part in nll}
         nll_items.save_items(os.path.join(out_dir, nll_items.items_filename(step)), nll)
       if sampling_on:
-        samples, nfe = generate_samples(config, sde, model, data.shape, inverse, device, progress)
+        with _failure_names(path, 'sampling'):
+          samples, nfe = generate_samples(config, sde, model, data.shape, inverse, device, progress)
+        non_finite = int((~torch.isfinite(samples.reshape(samples.shape[0], -1)).all(dim=1)).sum())
         s = config.sampling
         results['sampler'] = {'method': s.method, 'predictor': s.predictor, 'corrector': s.corrector,
                               'steps': sde.N if s.method == 'pc' else None, 'nfe': nfe}
         run_lib.save_samples(samples[:64], out_dir, data.is_image, name=f'samples_{step}')
+        if non_finite:
+          raise EvaluationError(f'{non_finite} of {len(samples)} samples of {path} hold NaN or ±inf '
+                                '(unlearning_ratio.non_finite): the model is broken (a diverged run?), so no '
+                                'Unlearning Ratio or FID is reported')
         if classifier is not None:
           results['unlearning_ratio'] = ur_lib.unlearning_ratio_of_samples(samples, classifier, data.forget_indices)
         if features_fn is not None:
@@ -217,12 +245,44 @@ def evaluate(config, workdir, task='standard', eval_folder='eval', progress=True
         if keep_samples:
           results['samples'] = samples
       _write(results, out_dir, step, writer)
+  except Exception as e:
+    run_lib.log_to_file(handler, str(e))
+    raise
   finally:
     if writer is not None:
       writer.close()
     logging.get_absl_logger().removeHandler(handler)
     handler.close()
   return results
+
+
+class _LazyWriter:
+  """A TensorBoard writer whose event file is created with the first scalar (a refused evaluation leaves none)."""
+
+  def __init__(self, folder):
+    self.folder, self._writer = folder, None
+
+  def add_scalar(self, *args):
+    if self._writer is None:
+      from torch.utils.tensorboard import SummaryWriter
+      self._writer = SummaryWriter(self.folder)
+    self._writer.add_scalar(*args)
+
+  def close(self):
+    if self._writer is not None:
+      self._writer.close()
+
+
+@contextlib.contextmanager
+def _failure_names(path, what):
+  """Turns a numerical failure inside ``what`` (the ODE solver's step-size underflow, its evaluation budget,
+  NaN inputs) into one ``EvaluationError`` naming the checkpoint."""
+  try:
+    yield
+  except (AssertionError, sampling.ODEBudgetError, FloatingPointError) as e:
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise EvaluationError(f'{what} cannot be computed with {path}: {reason}. The model is probably broken (a '
+                          'diverged run?)') from None
 
 
 def _scalars(results):

@@ -69,6 +69,15 @@ def unlearning_ratio_of_samples(samples: torch.Tensor, classifier, forget_indice
                                 batch_size: int = 512, z: float = Z95) -> dict:
   """Classifies ``samples`` (images ``[N, C, H, W]`` in ``[0, 1]``, or points ``[N, D]``) with
   ``classifier`` (``evaluation.classifier``) and returns ``unlearning_ratio`` of the predictions, with
-  the classifier's label names in the histogram."""
-  labels = classifier.predict(samples, batch_size)
-  return unlearning_ratio(labels, forget_indices, len(classifier.label_names), classifier.label_names, z)
+  the classifier's label names in the histogram, plus ``'non_finite'``: the number of samples holding a
+  NaN or ±inf. Those are classified as nothing — neither forget nor retained — and the ratio is over the
+  finite samples only (``num_samples``); an evaluation must not report a ratio when any are present
+  (``evaluation.run`` refuses). All samples non-finite: ``ValueError``."""
+  finite = torch.isfinite(samples.reshape(samples.shape[0], -1)).all(dim=1)
+  bad = int((~finite).sum())
+  if bad == samples.shape[0]:
+    raise ValueError(f'all {bad} samples hold NaN or ±inf: there is nothing to classify')
+  labels = classifier.predict(samples[finite.to(samples.device)], batch_size)
+  out = unlearning_ratio(labels, forget_indices, len(classifier.label_names), classifier.label_names, z)
+  out['non_finite'] = bad
+  return out

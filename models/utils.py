@@ -8,6 +8,7 @@ The network parameterisation (time labels, noise vs. score output) is owned by t
 """
 import numpy as np
 import torch
+from configs import default_configs
 
 _MODELS = {}
 
@@ -71,6 +72,7 @@ def create_model(config, device=None):
   Unlike the original code the module is not wrapped in ``DataParallel``; checkpoints are still
   written and read with the ``module.`` key prefix (see ``utils.py``).
   """
+  config = default_configs.with_defaults(config)
   model = get_model(config.model.name)(config)
   return model.to(device) if device is not None else model
 
