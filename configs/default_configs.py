@@ -67,6 +67,19 @@ def get_base_config():
   evaluate.classifier_epochs = 0         # --mode train_classifier settings (0 = the classifier's defaults)
   evaluate.classifier_batch_size = 0
   evaluate.classifier_lr = 0.
+  # downstream tasks on D_g and D_f test images (--mode inpaint / reconstruct; docs/downstream.md)
+  evaluate.inpaint = False               # --mode eval also inpaints
+  evaluate.inpaint_mask = 'band'         # band | box | left | right | top | bottom | random
+  evaluate.inpaint_band_start = 0.5      # band: rows [start·H, end·H) unknown (64 px: rows 32–48, the paper's)
+  evaluate.inpaint_band_end = 0.75
+  evaluate.inpaint_box = 0.5             # box: centred square, side as a fraction of the image side
+  evaluate.inpaint_share = 0.25          # random: share of pixels unknown, per image, seeded
+  evaluate.reconstruct = False           # --mode eval also reconstructs
+  evaluate.reconstruct_t = 0.02          # latent perturbed with the marginal at t (official 0.02)
+  evaluate.downstream_num_images = 500   # test images per part (D_g, D_f), a seeded subset; 0 = all
+  evaluate.downstream_fid = True         # FID of restored D_g images against the D_g test set
+  evaluate.clip_weights = ''             # local CLIP weights (transformers folder or open_clip file); '' = skip
+  evaluate.clip_arch = 'ViT-B-32'        # open_clip architecture of a clip_weights file
 
   # data
   config.data = data = ml_collections.ConfigDict()
