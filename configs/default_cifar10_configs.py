@@ -1,4 +1,7 @@
-"""Defaults for CIFAR-10 (32×32×3), as in the MSGM code: retain and forget batches of 400."""
+"""Defaults for CIFAR-10 (32×32×3), as in the MSGM code: retain and forget batches of 400, centred data.
+
+Where these differ from score_sde's CIFAR-10 defaults, and why, is listed in docs/configs.md.
+"""
 from configs.default_configs import get_base_config
 
 

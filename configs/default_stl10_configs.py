@@ -6,7 +6,7 @@ def get_default_configs():
   config = get_base_config()
   training = config.training
   training.batch_size = 200
-  training.batch_size_un = 100
+  training.batch_size_un = 100          # the fork's key; its STL-10 loader reads 200 for both (docs/configs.md)
   training.n_iters = 1300001
   training.snapshot_freq = 20000
   training.log_freq = 40

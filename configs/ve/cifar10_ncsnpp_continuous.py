@@ -1,4 +1,9 @@
-"""NCSN++ (continuous VE SDE) on CIFAR-10, as in score_sde: reverse-diffusion predictor + Langevin corrector."""
+"""NCSN++ (continuous VE SDE) on CIFAR-10: reverse-diffusion predictor + Langevin corrector.
+
+As in the MSGM fork, the data are centred ([-1, 1], the fork's CIFAR-10 default). score_sde trained this
+file on [0, 1]; ``--config.data.centered=False`` restores that, e.g. to load its released VE checkpoints
+(docs/configs.md).
+"""
 from configs import architectures as arch
 from configs.default_cifar10_configs import get_default_configs
 
@@ -8,6 +13,6 @@ def get_config():
   config.training.sde = 'vesde'
   config.training.continuous = True
   arch.set_pc(config.sampling, 'reverse_diffusion', 'langevin')
-  config.data.centered = False
+  config.data.centered = True
   arch.ncsnpp_ve(config.model)
   return config
