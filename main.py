@@ -4,6 +4,7 @@
   python main.py --config configs/toy/gmm2d.py --workdir W --task square --mode eval [--eval_folder eval]
   python main.py --config configs/mnist/mnist5k_small.py --workdir C --mode train_classifier
   python main.py --config configs/toy/gmm2d.py --workdir N --mode train_noisy_classifier
+  python main.py --config configs/mnist/mnist5k_small.py --workdir W --mode inpaint   # or reconstruct
 
 ``--config.a.b=v`` overrides any config key; an unknown key is an error. ``--task`` takes the readable
 names (standard, unseen, orthogonal, obtuse, erase) or the official ones (normal, no_u, square, norm,
@@ -18,9 +19,11 @@ FLAGS = flags.FLAGS
 
 config_flags.DEFINE_config_file('config', None, 'Training configuration (a configs/*.py file).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Work directory (checkpoints, samples, logs).')
-flags.DEFINE_enum('mode', None, ['train', 'eval', 'train_classifier', 'train_noisy_classifier'],
-                  'Running mode: train, eval, train_classifier (the Unlearning-Ratio classifier of the data set) '
-                  'or train_noisy_classifier (D_f against D_g on noisy data, for unlearn.obtuse_form=hole).')
+flags.DEFINE_enum('mode', None, ['train', 'eval', 'train_classifier', 'train_noisy_classifier', 'inpaint',
+                                 'reconstruct'],
+                  'Running mode: train, eval, train_classifier (the Unlearning-Ratio classifier of the data set), '
+                  'train_noisy_classifier (D_f against D_g on noisy data, for unlearn.obtuse_form=hole), '
+                  'inpaint or reconstruct (downstream tasks on D_g and D_f test images, docs/downstream.md).')
 flags.DEFINE_string('task', 'standard', 'standard|normal, unseen|no_u, orthogonal|square, obtuse|norm, erase.')
 flags.DEFINE_boolean('finetune', False, 'Start from config.training.pretrained instead of from scratch.')
 flags.DEFINE_string('eval_folder', 'eval', 'Folder (inside the work directory) for evaluation results.')
@@ -58,6 +61,12 @@ def describe_flag_error(e):
 
 def run(argv):
   del argv
+  try:
+    config = FLAGS.config
+    getattr(config, 'lock')   # a config file that failed to load raises on first use
+  except Exception as e:   # noqa: BLE001
+    error_exit(describe_flag_error(e))
+
   import os
 
   import datasets
@@ -67,11 +76,6 @@ def run(argv):
   import utils
   from evaluation import run as evaluation_run
 
-  try:
-    config = FLAGS.config
-    getattr(config, 'lock')   # a config file that failed to load raises on first use
-  except Exception as e:   # noqa: BLE001
-    error_exit(describe_flag_error(e))
   expected = (ValueError, FileNotFoundError, run_lib.TrainingError, utils.CheckpointError, utils.WriteError,
               utils.WorkdirBusyError, datasets.DatasetUnavailableError)
   try:
@@ -82,6 +86,12 @@ def run(argv):
       results = evaluation_run.evaluate(config, FLAGS.workdir, FLAGS.task, FLAGS.eval_folder,
                                         progress=FLAGS.progress)
       print(evaluation_run.markdown(results))
+    elif FLAGS.mode in ('inpaint', 'reconstruct'):
+      from evaluation import downstream
+      results = downstream.evaluate_downstream(
+        config, FLAGS.workdir, FLAGS.task, FLAGS.eval_folder, progress=FLAGS.progress,
+        tasks=('inpainting',) if FLAGS.mode == 'inpaint' else ('reconstruction',))
+      print(downstream.markdown(results))
     elif FLAGS.mode == 'train_noisy_classifier':
       path = os.path.join(FLAGS.workdir, noisy_classifier.FILENAME)
       created = utils.make_run_folder(FLAGS.workdir)

@@ -302,16 +302,18 @@ def atomic_write(path, write, mode='wb'):
   try:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=os.path.splitext(path)[1], dir=folder)
+    os.chmod(tmp, 0o666 & ~_umask())   # the permissions of a plain open(), not mkstemp's private 0600
     with os.fdopen(fd, mode) as f:
       write(f)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
   except (OSError, RuntimeError) as e:
+    free = _free_bytes(folder) if os.path.isdir(folder) else None   # before the partial file is removed
     if tmp is not None:
       with contextlib.suppress(OSError):
         os.remove(tmp)
-    raise WriteError(_write_failure(path, folder, e)) from None
+    raise WriteError(_write_failure(path, e, free)) from None
   except BaseException:
     if tmp is not None:
       with contextlib.suppress(OSError):
@@ -319,13 +321,19 @@ def atomic_write(path, write, mode='wb'):
     raise
 
 
-def _write_failure(path, folder, e):
-  """One line on why writing ``path`` failed and what to do."""
+def _umask():
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+def _write_failure(path, e, free=None):
+  """One line on why writing ``path`` failed and what to do; ``free``: bytes left on its disk, or None."""
   code = getattr(e, 'errno', None)
-  free = _free_bytes(folder) if os.path.isdir(folder) else None
-  if code == errno.ENOSPC or (free is not None and free < 1 << 20):
-    return (f'cannot write {path}: the disk is full ({(free or 0) / 2 ** 20:.1f} MiB free); free some space and run '
-            'the same command again (files already written are unchanged)')
+  full = (f'cannot write {path}: the disk is full ({(free or 0) / 2 ** 20:.2f} MiB free); free some space and run '
+          'the same command again (files already written are unchanged)')
+  if code == errno.ENOSPC:
+    return full
   if isinstance(e, OSError) and code is not None:
     hint = {errno.EACCES: 'no permission to write there: choose a writable --workdir',
             errno.EPERM: 'no permission to write there: choose a writable --workdir',
@@ -336,6 +344,8 @@ def _write_failure(path, folder, e):
             errno.EFBIG: 'the file is larger than this system allows (a file-size limit)',
             errno.EDQUOT: 'the disk quota is used up: free some space'}.get(code, 'the file system refused it')
     return f'cannot write {path}: {e.strerror or _first_line(e)} ({hint}); files already written are unchanged'
+  if free is not None and free < 64 * 1024:   # PyTorch's writer reports a full disk as an "unexpected pos"
+    return full
   where = f' ({free / 2 ** 20:.0f} MiB free on that disk)' if free is not None else ''
   return (f'cannot write {path}: the write stopped part-way{where} ({_first_line(e)}); files already written are '
           'unchanged')
@@ -403,7 +413,7 @@ class FolderLock:
     try:
       f = open(path, 'a+')
     except OSError as e:
-      raise WriteError(_write_failure(path, self.folder, e)) from None
+      raise WriteError(_write_failure(path, e)) from None
     try:
       fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -453,9 +463,11 @@ def make_run_folder(folder):
   try:
     os.makedirs(folder, exist_ok=True)
   except OSError as e:
-    raise WriteError(_write_failure(os.path.join(folder, ''), os.path.dirname(os.path.abspath(folder)), e)) from None
+    raise WriteError(_write_failure(os.path.join(folder, ''), e)) from None
   if not os.access(folder, os.W_OK | os.X_OK):
-    raise WriteError(f'cannot write to {folder}: no permission (choose a writable --workdir)')
+    read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    why = 'its file system is read-only' if read_only else 'no permission'
+    raise WriteError(f'cannot write to {folder}: {why} (choose a writable --workdir)')
   return created
 
 

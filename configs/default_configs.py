@@ -185,13 +185,22 @@ def _missing(base, config, prefix=()):
       yield from _missing(default, config[key], prefix + (key,))
 
 
+#: the paper's forget set of each data set: what a config without an ``unlearn`` section forgets
+PAPER_FORGET = {'CIFAR10': 'automobile', 'STL10': 'airplane', 'CELEBA': 'Bangs', 'MNIST': '3', 'MNIST5K': '3',
+                'DIGITS8X8': '3', 'FASHIONMNIST': 'Trouser', 'GMM2D': 'centre'}
+
+
 def with_defaults(config):
   """``config`` with every key it lacks filled in from ``get_base_config()``, so that a config written for
   score_sde / MSGM (their keys only, e.g. no ``sampling.ode_method`` or ``unlearn`` section) works with
   every entry point here: the official tolerances, RK45, and the paper's MSGM settings. Keys the config
-  has are never changed. Completes a ``ConfigDict`` in place (locked or not) and returns it; a
+  has are never changed; a missing ``unlearn.forget`` is the data set's forget set in the paper
+  (``PAPER_FORGET``). Completes a ``ConfigDict`` in place (locked or not) and returns it; a
   ``FrozenConfigDict`` is returned as a completed, unfrozen copy."""
-  missing = list(_missing(get_base_config(), config))
+  base = get_base_config()
+  dataset = str(config.data.get('dataset', '')).upper() if 'data' in config else ''
+  base.unlearn.forget = PAPER_FORGET.get(dataset, base.unlearn.forget)
+  missing = list(_missing(base, config))
   if not missing:
     return config
   if isinstance(config, ml_collections.FrozenConfigDict):

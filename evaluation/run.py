@@ -31,6 +31,7 @@ import sde_lib
 import utils
 from configs import default_configs
 from evaluation import classifier as classifier_lib
+from evaluation import downstream
 from evaluation import fid as fid_lib
 from evaluation import nll as nll_lib
 from evaluation import nll_items
@@ -168,6 +169,8 @@ def evaluate(config, workdir, task='standard', eval_folder='eval', progress=True
     split = data.split(ev.bpd_dataset)
     if not len(split.retain) or not len(split.forget):
       raise EvaluationError(f'the {ev.bpd_dataset} split has an empty D_g or D_f: nothing to measure')
+  # eval.inpaint / eval.reconstruct: checked and loaded here, run per checkpoint (evaluation/downstream.py)
+  downstream_tasks = downstream.prepare_for_eval(config, data, sde, device, classifier, features_fn)
 
   out_dir = os.path.join(workdir, eval_folder)
   created = utils.make_run_folder(out_dir)
@@ -176,7 +179,7 @@ def evaluate(config, workdir, task='standard', eval_folder='eval', progress=True
     with utils.FolderLock(out_dir, 'evaluation'):
       utils.remove_tmp_files([out_dir])
       results = _evaluate_checkpoints(config, task, data, sde, ckpts, classifier, features_fn, out_dir, device,
-                                      progress, keep_samples)
+                                      progress, keep_samples, downstream_tasks)
       ok = True
       return results
   finally:
@@ -185,7 +188,7 @@ def evaluate(config, workdir, task='standard', eval_folder='eval', progress=True
 
 
 def _evaluate_checkpoints(config, task, data, sde, ckpts, classifier, features_fn, out_dir, device, progress,
-                          keep_samples):
+                          keep_samples, downstream_tasks=None):
   ev = config.eval
   sampling_on = bool(ev.enable_sampling or ev.enable_fid)
   writer = _LazyWriter(os.path.join(out_dir, 'tensorboard')) if run_lib.is_main_process() else None
@@ -228,14 +231,14 @@ def _evaluate_checkpoints(config, task, data, sde, ckpts, classifier, features_f
         with _failure_names(path, 'sampling'):
           samples, nfe = generate_samples(config, sde, model, data.shape, inverse, device, progress)
         non_finite = int((~torch.isfinite(samples.reshape(samples.shape[0], -1)).all(dim=1)).sum())
-        s = config.sampling
-        results['sampler'] = {'method': s.method, 'predictor': s.predictor, 'corrector': s.corrector,
-                              'steps': sde.N if s.method == 'pc' else None, 'nfe': nfe}
-        run_lib.save_samples(samples[:64], out_dir, data.is_image, name=f'samples_{step}')
         if non_finite:
           raise EvaluationError(f'{non_finite} of {len(samples)} samples of {path} hold NaN or ±inf '
                                 '(unlearning_ratio.non_finite): the model is broken (a diverged run?), so no '
                                 'Unlearning Ratio or FID is reported')
+        s = config.sampling
+        results['sampler'] = {'method': s.method, 'predictor': s.predictor, 'corrector': s.corrector,
+                              'steps': sde.N if s.method == 'pc' else None, 'nfe': nfe}
+        run_lib.save_samples(samples[:64], out_dir, data.is_image, name=f'samples_{step}')
         if classifier is not None:
           results['unlearning_ratio'] = ur_lib.unlearning_ratio_of_samples(samples, classifier, data.forget_indices)
         if features_fn is not None:
@@ -244,6 +247,9 @@ def _evaluate_checkpoints(config, task, data, sde, ckpts, classifier, features_f
                                                   ev.fid_split, 'retain', progress=progress)
         if keep_samples:
           results['samples'] = samples
+      if downstream_tasks is not None:
+        with _failure_names(path, 'the downstream tasks'):
+          results.update(downstream_tasks.run(model, sde, out_dir, step, checkpoint=path, progress=progress))
       _write(results, out_dir, step, writer)
   except Exception as e:
     run_lib.log_to_file(handler, str(e))
