@@ -70,16 +70,16 @@ def run(argv):
   import os
 
   import datasets
-  import losses
-  import noisy_classifier
   import run_lib
+  import unlearning
   import utils
+  from unlearning import noisy_classifier
   from evaluation import run as evaluation_run
 
   expected = (ValueError, FileNotFoundError, run_lib.TrainingError, utils.CheckpointError, utils.WriteError,
               utils.WorkdirBusyError, datasets.DatasetUnavailableError)
   try:
-    losses.get_task(FLAGS.task)
+    unlearning.get_method(FLAGS.task)
     if FLAGS.mode == 'train':
       run_lib.train(config, FLAGS.workdir, FLAGS.task, FLAGS.finetune, progress=FLAGS.progress)
     elif FLAGS.mode == 'eval':

@@ -1,4 +1,5 @@
-"""Training (and, through ``evaluation``, evaluation) of score models with the MSGM objectives.
+"""Training of score models with any unlearning method of ``unlearning/`` (the ``--task``), from scratch,
+by fine-tuning a checkpoint, or resuming.
 
 Work-directory layout (as in score_sde / MSGM):
   W/config.json                      the resolved config of the first run (later runs that change it add
@@ -12,66 +13,28 @@ Every file is written atomically; nothing already written is overwritten except 
 """
 import contextlib
 import json
-import logging as py_logging
 import math
 import os
-import random
 import time
 
-import numpy as np
 import torch
 from absl import logging
 from tqdm import tqdm
 
 import datasets
 import losses
-import noisy_classifier
-import presets
 import sampling
 import sde_lib
+import unlearning
 import utils
 from configs import default_configs
-from models import utils as mutils
-from models.ema import ExponentialMovingAverage
+from runtime import (add_log_file, is_main_process, log_to_file, resolve_device, rng_state, seed_everything,
+                     set_rng_state)
+from train_state import create_state, load_ema_model
 
 
 class TrainingError(RuntimeError):
   """A training run cannot start or cannot go on (bad input, non-finite loss)."""
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Process-level helpers (rank-aware so that torchrun workers do not write the same files)
-
-
-def is_main_process():
-  return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
-    torch.distributed.get_rank() == 0
-
-
-def resolve_device(name):
-  """'auto' → CUDA when available, else CPU; other names are passed to ``torch.device``."""
-  if name in (None, '', 'auto'):
-    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-  device = torch.device(name)
-  if device.type == 'cuda' and not torch.cuda.is_available():
-    raise TrainingError(f"config.device is '{name}' but CUDA is not available; use 'cpu' or 'auto'")
-  return device
-
-
-def seed_everything(seed):
-  """Seeds Python, numpy and torch (CPU and CUDA) from ``config.seed``."""
-  random.seed(seed)
-  np.random.seed(seed % 2 ** 32)
-  torch.manual_seed(seed)
-
-
-def add_log_file(workdir):
-  """Appends absl log records to ``W/stdout.txt``; returns the handler (remove it when done)."""
-  handler = py_logging.FileHandler(os.path.join(workdir, 'stdout.txt'), mode='a')
-  handler.setFormatter(py_logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
-  logging.get_absl_logger().addHandler(handler)
-  logging.set_verbosity(logging.INFO)
-  return handler
 
 
 def _flat(d, prefix=''):
@@ -102,14 +65,6 @@ def save_config(config, workdir, step):
 
 # ----------------------------------------------------------------------------------------------------------
 # Building blocks shared by training and evaluation
-
-
-def create_state(config, device):
-  """Model (on ``device``), EMA, optimiser and step counter: the dict the checkpoints store."""
-  model = mutils.create_model(config, device)
-  ema = ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
-  optimizer = losses.get_optimizer(config, model.parameters())
-  return dict(model=model, ema=ema, optimizer=optimizer, step=0)
 
 
 def sampling_eps(config, sde):
@@ -148,19 +103,6 @@ def save_samples(samples, folder, is_image, name='sample'):
     plt.close(fig)
 
 
-def rng_state():
-  state = {'torch': torch.get_rng_state()}
-  if torch.cuda.is_available():
-    state['cuda'] = torch.cuda.get_rng_state_all()
-  return state
-
-
-def set_rng_state(state):
-  torch.set_rng_state(state['torch'])
-  if 'cuda' in state and torch.cuda.is_available():
-    torch.cuda.set_rng_state_all(state['cuda'])
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Training
 
@@ -195,14 +137,9 @@ def _start_state(config, workdir, finetune, device):
   return state, 'fresh'
 
 
-def log_to_file(handler, message, level=py_logging.ERROR):
-  """Writes ``message`` to the run's log file only (the console gets it once, from main.py)."""
-  if handler is not None:
-    handler.emit(py_logging.LogRecord('absl', level, __file__, 0, message, None, None))
-
-
 def train(config, workdir, task='standard', finetune=False, progress=True):
-  """Trains a score model for ``task`` (see ``losses.TASKS``) in ``workdir``; returns the final state.
+  """Trains a score model with the unlearning method ``task`` (``unlearning.get_method``: readable or
+  official names) in ``workdir``; returns the final state.
 
   From scratch, by fine-tuning ``config.training.pretrained`` (``finetune``), or resuming from
   ``W/checkpoints-meta/checkpoint.pth`` when it exists. One run per work directory: the first holds a
@@ -213,8 +150,8 @@ def train(config, workdir, task='standard', finetune=False, progress=True):
   writing them.
   """
   config = default_configs.with_defaults(config)
-  task = losses.get_task(task)
-  presets.apply_preset(config, task.name)
+  method = unlearning.get_method(task)
+  unlearning.apply_preset(config, method)
   _check_config(config)
   main = is_main_process()
   created = utils.make_run_folder(workdir)
@@ -231,7 +168,7 @@ def train(config, workdir, task='standard', finetune=False, progress=True):
         for path in utils.remove_tmp_files(folders):
           logging.info('removed %s, left by an interrupted save', path)
       try:
-        state = _train(config, workdir, task, finetune, progress and main, main)
+        state = _train(config, workdir, method, finetune, progress and main, main)
         ok = True
         return state
       except Exception as e:
@@ -245,22 +182,18 @@ def train(config, workdir, task='standard', finetune=False, progress=True):
       utils.remove_if_unused(workdir, created)
 
 
-def _train(config, workdir, task, finetune, progress, main):
+def _train(config, workdir, method, finetune, progress, main):
   device = resolve_device(config.device)
   seed_everything(config.seed)
   sde = sde_lib.get_sde(config)
   data = datasets.get_dataset(config)
-  logging.info('task %s (official name %s); %s', task.name, task.official_name, data.describe())
+  official = f' (official name {method.official_name})' if method.official_name else ''
+  logging.info('task %s%s; %s', method.name, official, data.describe())
 
   # Build everything that can refuse bad input before anything is written.
   tc = config.training
-  reference = load_reference(config, device) if task.forget_term is not None else None
-  log_ratio_fn = load_log_ratio(config, data, sde, device) if task.forget_term is not None else None
-  step_fn = losses.get_msgm_step_fn(sde, True, task, config.unlearn, losses.optimization_manager(config),
-                                    tc.reduce_mean, tc.continuous, tc.likelihood_weighting, tc.eps, reference,
-                                    log_ratio_fn)
-  eval_step_fn = losses.get_msgm_step_fn(sde, False, task, config.unlearn, None, tc.reduce_mean, tc.continuous,
-                                         tc.likelihood_weighting, tc.eps, reference, log_ratio_fn)
+  if method.forget_data and len(data.train.forget) == 0:
+    raise TrainingError(f'task {method.name} needs forget data, but D_f is empty')
   scaler = datasets.get_data_scaler(config)
   inverse_scaler = datasets.get_data_inverse_scaler(config)
   sampling_fn = None
@@ -269,6 +202,11 @@ def _train(config, workdir, task, finetune, progress, main):
     sampling_fn = sampling.get_sampling_fn(config, sde, (n,) + tuple(data.shape), inverse_scaler,
                                            sampling_eps(config, sde))
   state, how = _start_state(config, workdir, finetune, device)
+  objective = unlearning.build_objective(method, config, sde, data, device, state['model'], True, how,
+                                         workdir if main else None)
+  eval_objective = unlearning.build_objective(method, config, sde, data, device, state['model'], False, 'eval')
+  step_fn = unlearning.get_step_fn(objective, True, losses.optimization_manager(config))
+  eval_step_fn = unlearning.get_step_fn(eval_objective, False)
   if how != 'resumed':
     state['rng'] = None
   elif state.get('rng') is not None:
@@ -277,11 +215,13 @@ def _train(config, workdir, task, finetune, progress, main):
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   meta_path = os.path.join(workdir, 'checkpoints-meta', 'checkpoint.pth')
 
-  retain_part = task.retain_data
-  data_seed = datasets.derive_seed(config.seed, 'train', task.name)
+  retain_part = method.retain_data          # 'full', 'retain', or 'none' (D_g is never read)
+  uses_retain = step_fn.needs_retain_batch and retain_part != 'none'
+  data_seed = datasets.derive_seed(config.seed, 'train', method.name)
   # The forget iterator advances only on forget steps, so its position is the number of forget steps so far.
   start = int(state['step'])
-  forget_done = 0 if task.forget_term is None else sum(step_fn.needs_forget_batch(s) for s in range(start))
+  forget_done = sum(step_fn.needs_forget_batch(s) for s in range(start)) if method.forget_data else 0
+
   def batch_size(part, wanted):
     n = len(data.train.part(part))
     if 0 < n < wanted:
@@ -289,12 +229,10 @@ def _train(config, workdir, task, finetune, progress, main):
                       part, n, wanted, n)
     return min(wanted, n) if n else wanted
 
-  if task.forget_term is not None and len(data.train.forget) == 0:
-    raise TrainingError(f'task {task.name} needs forget data, but D_f is empty')
   retain_iter = data.iterator('train', retain_part, batch_size(retain_part, tc.batch_size), data_seed,
-                              start_step=start, num_workers=tc.num_workers)
+                              start_step=start, num_workers=tc.num_workers) if uses_retain else None
   forget_iter = None
-  if task.forget_term is not None:
+  if method.forget_data:
     forget_iter = data.iterator('train', 'forget', batch_size('forget', tc.batch_size_un),
                                 datasets.derive_seed(data_seed, 'forget'),
                                 start_step=forget_done, num_workers=tc.num_workers)
@@ -302,9 +240,9 @@ def _train(config, workdir, task, finetune, progress, main):
   evals_done = start // tc.eval_freq if tc.eval_freq > 0 else 0
   eval_iter = data.iterator('test', retain_part, tc.batch_size, datasets.derive_seed(config.seed, 'eval'),
                             random_flip=False, uniform_dequantization=False, drop_last=False,
-                            start_step=evals_done)
+                            start_step=evals_done) if uses_retain else None
   eval_forget_iter = None
-  if task.forget_term is not None and len(data.test.forget) > 0:
+  if method.forget_data and len(data.test.forget) > 0:
     eval_forget_iter = data.iterator('test', 'forget', tc.batch_size_un, datasets.derive_seed(config.seed, 'eval-f'),
                                      random_flip=False, uniform_dequantization=False, drop_last=False,
                                      start_step=evals_done)
@@ -318,6 +256,8 @@ def _train(config, workdir, task, finetune, progress, main):
     writer = SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
   def batch(iterator):
+    if iterator is None:
+      return None
     x, _ = next(iterator)
     return scaler(x.to(device))
 
@@ -356,7 +296,7 @@ def _train(config, workdir, task, finetune, progress, main):
   n_iters = int(tc.n_iters)
   if start >= n_iters:
     logging.info('nothing to do: the run has already reached step %d of %d', start, n_iters)
-  bar = tqdm(total=n_iters, initial=start, disable=not progress, desc=f'train {task.name}', dynamic_ncols=True)
+  bar = tqdm(total=n_iters, initial=start, disable=not progress, desc=f'train {method.name}', dynamic_ncols=True)
   t0, steps_timed = time.time(), 0
   try:
     while state['step'] < n_iters:
@@ -382,7 +322,7 @@ def _train(config, workdir, task, finetune, progress, main):
               writer.add_scalar(key, value, done)
       if tc.eval_freq > 0 and done % tc.eval_freq == 0:
         eval_f = batch(eval_forget_iter) if eval_forget_iter is not None else None
-        if task.forget_term is None or eval_f is not None:
+        if not method.forget_data or eval_f is not None:
           gen = torch.Generator(device=device).manual_seed(datasets.derive_seed(config.seed, 'eval-noise', done))
           ev = eval_step_fn(state, batch(eval_iter), eval_f, generator=gen)
           logging.info('step %d: eval_loss %.5e', done, ev['loss'].item())
@@ -452,71 +392,6 @@ class LossMonitor:
       jumps.append((int(self._ratio_step), float(self._ratio), float(self._ratio_value)))
     self._reset_window(self._ratio.device)
     return (bad if bad >= 0 else None), jumps
-
-
-def load_ema_model(config, ckpt_path, device):
-  """The network of ``ckpt_path`` with its EMA weights, in eval mode; returns ``(model, state)``."""
-  state = create_state(config, device)
-  state['optimizer'] = None
-  utils.restore_checkpoint(ckpt_path, state, device)
-  state['ema'].copy_to(state['model'].parameters())
-  state['model'].eval()
-  return state['model'], state
-
-
-def load_reference(config, device):
-  """The frozen reference network of ``config.unlearn.reference`` (EMA weights), or None when unset."""
-  path = config.unlearn.reference
-  if not path:
-    return None
-  if not os.path.isfile(path):
-    raise TrainingError(f'no reference checkpoint at config.unlearn.reference={path}')
-  model, _ = load_ema_model(config, path, device)
-  for p in model.parameters():
-    p.requires_grad_(False)
-  return model
-
-
-def load_log_ratio(config, data, sde, device):
-  """The noisy log density ratio of ``config.unlearn.classifier`` for ``obtuse_form='hole'`` (None when
-  unset): 'exact' for data from a known mixture (the 2-D toy), else a noisy-classifier checkpoint."""
-  spec = config.unlearn.classifier
-  if not spec:
-    return None
-  if config.unlearn.obtuse_form != 'hole':
-    logging.warning("unlearn.classifier is set but only obtuse_form='hole' uses it (form is '%s')",
-                    config.unlearn.obtuse_form)
-    return None
-  if spec == 'exact':
-    if data.density is None:
-      raise TrainingError(f"unlearn.classifier='exact' needs data from a known density (GMM2D), not {data.name}; "
-                          'train a noisy classifier with --mode train_noisy_classifier')
-    fn = noisy_classifier.mixture_log_ratio_fn(data.density, data.forget_indices, sde)
-  else:
-    fn = noisy_classifier.load_log_ratio_fn(spec, config, sde, data, device)
-  resolve_hole_threshold(config, data, sde, fn, device)
-  return fn
-
-
-def resolve_hole_threshold(config, data, sde, log_ratio_fn, device):
-  """With ``unlearn.hole_forget_fraction`` q > 0, sets ``unlearn.hole_log_ratio`` (in place) to the ℓ* above
-  which a share q of the forget term's inputs lie: the D_f training items at t ~ U[max(eps, forget_t_min),
-  forget_t_max] with seeded noise. Logs it; W/config.json then records the resolved value. Nothing for q = 0."""
-  q = float(config.unlearn.get('hole_forget_fraction', 0.))
-  if q == 0.:
-    return
-  items = datasets.get_data_iterator(data.train.forget, 1000, 0, shuffle=False, drop_last=False, infinite=False)
-  x0 = [x for x, _ in items]
-  x0 = datasets.get_data_scaler(config)(torch.cat(x0)).to(device) if x0 else torch.zeros(0)
-  t_range = (max(float(config.training.eps), float(config.unlearn.forget_t_min)), float(config.unlearn.forget_t_max))
-  gen = torch.Generator().manual_seed(datasets.derive_seed(config.seed, 'hole-threshold'))
-  try:
-    threshold = noisy_classifier.threshold_for_fraction(log_ratio_fn, x0, sde, t_range, q, gen)
-  except ValueError as e:
-    raise TrainingError(str(e)) from None
-  logging.info('unlearn.hole_log_ratio = %.4f: a share %.3g of the D_f training items at t in [%.3g, %.3g] has '
-               'a larger log density ratio (unlearn.hole_forget_fraction)', threshold, q, *t_range)
-  config.unlearn.hole_log_ratio = threshold
 
 
 def latest_checkpoint(workdir):

@@ -33,10 +33,11 @@ from typing import List, Optional, Sequence
 import utils
 
 RESULTS_FILENAME = 'results.json'
-#: the paper's column order and names; keys are the readable task names of ``losses.TASKS``.
-TASK_ORDER = ('standard', 'orthogonal', 'obtuse', 'unseen', 'erase')
+#: the column order and names: the paper's five first, then the other methods of ``unlearning/``; keys are
+#: the readable ``--task`` names of ``unlearning.registered()``.
+TASK_ORDER = ('standard', 'orthogonal', 'obtuse', 'unseen', 'erase', 'finetune')
 TASK_DISPLAY = {'standard': 'Standard', 'orthogonal': 'Ort', 'obtuse': 'Obt', 'unseen': 'Unseen',
-                'erase': 'EraseDiff'}
+                'erase': 'EraseDiff', 'finetune': 'FT'}
 #: official (``--task``) and display names of the tasks.
 TASK_ALIASES = {'normal': 'standard', 'no_u': 'unseen', 'square': 'orthogonal', 'norm': 'obtuse',
                 'ort': 'orthogonal', 'obt': 'obtuse', 'erasediff': 'erase'}
@@ -259,6 +260,8 @@ def report(workdirs: Sequence[str], out_dir: Optional[str] = '.', eval_folder: s
   if out_dir is not None:
     utils.atomic_write_text(os.path.join(out_dir, name + '.md'), to_markdown(table))
     utils.atomic_write_text(os.path.join(out_dir, name + '.csv'), to_csv(table))
+    from evaluation import downstream_report   # Tables 5 and 6 when the runs hold downstream results
+    downstream_report.write(table, out_dir, name)
   return table
 
 
@@ -277,6 +280,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 1
   print(to_markdown(table))
+  from evaluation import downstream_report
+  if downstream_report.markdown_all(table):
+    print(downstream_report.markdown_all(table))
   print(f'written: {os.path.join(args.out, args.name)}.md and .csv', file=sys.stderr)
   return 0
 

@@ -9,7 +9,7 @@ as in the official code, or the latest checkpoint when both are 0), with the EMA
     the Unlearning Ratio (share classified as a forget class, Wilson 95% interval, class histogram)
     with the classifier of ``eval.classifier`` (the exact posterior for GMM2D);
   * ``eval.enable_fid``: FID of the samples against the retained test data;
-  * ``eval.enable_loss``: the task's loss on test batches.
+  * ``eval.enable_loss``: the method's loss on test batches.
 Everything the evaluation needs (checkpoints, classifier, FID network) is checked before anything is
 written. Results: ``W/<eval_folder>/results.json`` (the last checkpoint), ``results_<step>.json`` (each),
 ``results.md``, ``samples_<step>.png``, the per-item NLLs ``nll_items_<step>.npz`` (for ``evaluation.compare``)
@@ -24,10 +24,10 @@ from absl import logging
 
 import datasets
 import likelihood
-import losses
 import run_lib
 import sampling
 import sde_lib
+import unlearning
 import utils
 from configs import default_configs
 from evaluation import classifier as classifier_lib
@@ -85,30 +85,33 @@ def generate_samples(config, sde, model, shape, inverse_scaler, device, progress
   return torch.cat(out), nfe
 
 
-def eval_loss(config, sde, task, state, data, device):
-  """The task's loss (α L_g + (1 − α) L_f, EMA weights) averaged over up to 10 test batches."""
+def eval_loss(config, sde, method, state, data, device):
+  """The method's loss (e.g. α L_g + (1 − α) L_f; EMA weights, no parameter-space terms) averaged over up to
+  10 test batches (as many as the shorter of the D_g / D_f test splits allows)."""
   tc = config.training
-  reference = log_ratio_fn = None
-  if task.forget_term is not None:   # the forget term's frozen reference model and noisy ratio, when used
-    reference = run_lib.load_reference(config, device)
-    log_ratio_fn = run_lib.load_log_ratio(config, data, sde, device)
-  step_fn = losses.get_msgm_step_fn(sde, False, task, config.unlearn, None, tc.reduce_mean, tc.continuous,
-                                    tc.likelihood_weighting, tc.eps, reference, log_ratio_fn)
+  objective = unlearning.build_objective(method, config, sde, data, device, state['model'], train=False,
+                                         start='eval')
+  step_fn = unlearning.get_step_fn(objective, False)
   scaler = datasets.get_data_scaler(config)
   seed = datasets.derive_seed(config.seed, 'eval-loss')
-  it_g = data.iterator('test', task.retain_data, tc.batch_size, seed, drop_last=False, infinite=False)
+  uses_retain = objective.needs_retain_batch and method.retain_data != 'none'
+  uses_forget = method.forget_data and len(data.test.forget) > 0
+  it_g = data.iterator('test', method.retain_data, tc.batch_size, seed, drop_last=False, infinite=False) \
+    if uses_retain else None
   it_f = data.iterator('test', 'forget', tc.batch_size_un, seed, drop_last=False) \
-    if task.forget_term is not None and len(data.test.forget) else None
+    if uses_forget else None
   totals = {'loss': 0., 'loss_g': 0., 'loss_f': 0.}
   count = 0
-  for i, (x, _) in enumerate(it_g):
-    if i == 10:
+  for i in range(10):
+    try:
+      batch_g = scaler(next(it_g)[0].to(device)) if it_g is not None else None
+      batch_f = scaler(next(it_f)[0].to(device)) if it_f is not None else None
+    except StopIteration:
       break
-    batch_f = scaler(next(it_f)[0].to(device)) if it_f is not None else None
-    if task.forget_term is not None and batch_f is None:
+    if method.forget_data and batch_f is None:
       break
     gen = torch.Generator(device=device).manual_seed(datasets.derive_seed(seed, i))
-    out = step_fn(state, scaler(x.to(device)), batch_f, generator=gen)
+    out = step_fn(state, batch_g, batch_f, generator=gen)
     for k in totals:
       totals[k] += out[k].item()
     count += 1
@@ -148,7 +151,7 @@ def evaluate(config, workdir, task='standard', eval_folder='eval', progress=True
   ``keep_samples`` adds the samples tensor under ``'samples'`` of the returned dict (not written to JSON).
   """
   config = default_configs.with_defaults(config)
-  task = losses.get_task(task)
+  method = unlearning.get_method(task)
   device = run_lib.resolve_device(config.device)
   run_lib.seed_everything(config.seed)
   ev = config.eval
@@ -178,7 +181,7 @@ def evaluate(config, workdir, task='standard', eval_folder='eval', progress=True
   try:
     with utils.FolderLock(out_dir, 'evaluation'):
       utils.remove_tmp_files([out_dir])
-      results = _evaluate_checkpoints(config, task, data, sde, ckpts, classifier, features_fn, out_dir, device,
+      results = _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features_fn, out_dir, device,
                                       progress, keep_samples, downstream_tasks)
       ok = True
       return results
@@ -187,7 +190,7 @@ def evaluate(config, workdir, task='standard', eval_folder='eval', progress=True
       utils.remove_if_unused(out_dir, created)
 
 
-def _evaluate_checkpoints(config, task, data, sde, ckpts, classifier, features_fn, out_dir, device, progress,
+def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features_fn, out_dir, device, progress,
                           keep_samples, downstream_tasks=None):
   ev = config.eval
   sampling_on = bool(ev.enable_sampling or ev.enable_fid)
@@ -200,11 +203,11 @@ def _evaluate_checkpoints(config, task, data, sde, ckpts, classifier, features_f
     for path, step in ckpts:
       logging.info('evaluating %s (step %d)', path, step)
       model, state = run_lib.load_ema_model(config, path, device)
-      results = {'task': task.name, 'dataset': data.name, 'forget': list(data.forget_names), 'checkpoint': path,
+      results = {'task': method.name, 'dataset': data.name, 'forget': list(data.forget_names), 'checkpoint': path,
                  'step': step, 'unlearning_ratio': None, 'nll_bpd': None, 'fid': None, 'sampler': None,
                  'classifier': classifier.describe() if classifier is not None else None}
       if ev.enable_loss:
-        results['loss'] = eval_loss(config, sde, task, state, data, device)
+        results['loss'] = eval_loss(config, sde, method, state, data, device)
       if ev.enable_bpd:
         ll_fn = likelihood.get_log_likelihood_fn(sde, rtol=config.sampling.ode_rtol, atol=config.sampling.ode_atol,
                                                  method=config.sampling.ode_method, eps=config.training.eps,

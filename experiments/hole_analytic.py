@@ -3,7 +3,7 @@
   python -m experiments.hole_analytic W/noisy_classifier/noisy_classifier.pth [--seed 42] \
       [--depth 45 --log_ratio 3.7 --sharpness 20] [--t0 1e-3]
 
-The hole form (``losses.obtuse_hole_loss``) aims at q ∝ p_g · exp(−Φ(ℓ)), Φ = ``losses.hole_potential``.
+The hole form (``unlearning.obtuse.obtuse_hole_loss``) aims at q ∝ p_g · exp(−Φ(ℓ)), Φ = ``unlearning.hole.hole_potential``.
 This computes that q's NLL_g and NLL_f in expectation (exact p_g and p_f, a 2-D grid, no test points), with
 ℓ(x) = the classifier's logit at a small time ``t0`` (or ``exact``: the toy's true log p_f/p_g). What a
 trained model reaches through the probability-flow ODE can then be compared with what the potential and
@@ -17,11 +17,10 @@ import numpy as np
 import torch
 
 import datasets
-import losses
-import noisy_classifier
 import sde_lib
 from configs.toy.gmm2d import get_config
 from evaluation import frontier
+from unlearning import hole, noisy_classifier
 
 
 def grid(step=0.02, limit=9.):
@@ -43,7 +42,7 @@ def hole_nll(log_ratio, depth, threshold, sharpness, x, area):
   """``(NLL_g, NLL_f)`` in nats of q = p_g e^{−Φ(ℓ)} / Z on grid points ``x`` [N, 2] with cell ``area``;
   ``log_ratio`` [N] is ℓ at those points (nats). Both as CE(·, p_g) + E[Φ] + log Z."""
   log_pg, log_pf = _log_densities(x)
-  phi = losses.hole_potential(log_ratio.double(), depth, threshold, sharpness)
+  phi = hole.hole_potential(log_ratio.double(), depth, threshold, sharpness)
   pg, pf = log_pg.exp() * area, log_pf.exp() * area
   pg, pf = pg / pg.sum(), pf / pf.sum()
   log_z = torch.log((pg * torch.exp(-phi)).sum())

@@ -14,9 +14,9 @@ import copy
 import torch
 
 import datasets
-import noisy_classifier
 import sde_lib
 from configs.toy.gmm2d import get_config
+from unlearning import noisy_classifier
 
 
 def ratio_error(path, seed=42, t_max=0.02, n=20000, config=None):

@@ -18,9 +18,8 @@ from absl import app, flags, logging
 from ml_collections.config_flags import config_flags
 
 import datasets
-import losses
-import presets
 import run_lib
+import unlearning
 import utils
 from evaluation import frontier
 from experiments import tables, toy_gmm2d
@@ -83,7 +82,7 @@ def configured(config, assignment):
 
 def sweep(config, workdir, task, axes, progress=False):
   """Trains and evaluates every grid point; returns the rows (dicts) and writes table, JSON and figure."""
-  task = losses.get_task(task).name
+  task = unlearning.get_method(task).name
   os.makedirs(workdir, exist_ok=True)
   data = datasets.get_dataset(config, evaluation=True)
   if data.density is None:
@@ -91,7 +90,7 @@ def sweep(config, workdir, task, axes, progress=False):
   rows, samples = [], {}
   for assignment in combinations(axes):
     name = run_name(assignment)
-    cfg = presets.apply_preset(configured(config, assignment), task)
+    cfg = unlearning.apply_preset(configured(config, assignment), task)
     run_dir = os.path.join(workdir, name)
     run_lib.train(cfg, run_dir, task, progress=progress)
     r = toy_gmm2d.evaluate_run(cfg, run_dir, task, data, progress)

@@ -3,7 +3,7 @@
   python -m experiments.toy_gmm2d --workdir runs/toy [--tasks standard,unseen,orthogonal,obtuse]
       [--presets toy-best,toy-ratio] [--config configs/toy/gmm2d.py] [--config.training.n_iters=...]
 
-Trains one model per task in ``W/<task>/`` and one per preset (``presets.py``) in ``W/<preset>/`` (a
+Trains one model per task in ``W/<task>/`` and one per preset (``unlearning/presets.py``) in ``W/<preset>/`` (a
 preset that needs a reference model gets the Unseen run of ``W/unseen/``, and one that needs a noisy
 classifier gets ``W/noisy_classifier/``, each trained first if needed; a finished run is reused, an
 interrupted one resumed), evaluates the NLL of the held-out D_g and D_f test
@@ -23,17 +23,16 @@ from absl import app, flags, logging
 from ml_collections.config_flags import config_flags
 
 import datasets
-import losses
-import noisy_classifier
-import presets
 import run_lib
 import sde_lib
+import unlearning
 import utils
 from evaluation import frontier
 from evaluation.stats import mean_sem
 from experiments import tables
 from evaluation import run as evaluation_run
 from models import utils as mutils
+from unlearning import noisy_classifier
 
 FLAGS = flags.FLAGS
 
@@ -44,7 +43,7 @@ def define_flags():
   flags.DEFINE_string('workdir', None, 'Folder for the runs, table and figure.')
   flags.DEFINE_string('tasks', 'standard,unseen,orthogonal,obtuse', 'Comma-separated tasks to train and compare.')
   flags.DEFINE_string('presets', 'toy-best,toy-ratio',
-                      'Comma-separated presets (presets.py) to train beside the tasks.')
+                      'Comma-separated presets (unlearning/presets.py) to train beside the tasks.')
   flags.DEFINE_float('field_time', 0.05, 'Time t at which the score fields are drawn.')
   flags.DEFINE_boolean('progress', True, 'Show progress bars.')
 
@@ -185,9 +184,10 @@ def preset_runs(config, workdir, names, progress=True):
   noisy classifier gets ``W/noisy_classifier`` (likewise)."""
   runs = []
   for name in names:
-    if name not in presets.PRESETS:
-      raise ValueError(f"unknown preset '{name}'; valid: {', '.join(sorted(presets.PRESETS))}")
-    preset = presets.PRESETS[name]
+    known = unlearning.all_presets()
+    if name not in known:
+      raise ValueError(f"unknown preset '{name}'; valid: {', '.join(sorted(known))}")
+    method, preset = known[name]
     cfg = copy.deepcopy(config)
     cfg.unlearn.preset = name
     if preset.get('reference') and not cfg.unlearn.reference:
@@ -196,7 +196,7 @@ def preset_runs(config, workdir, names, progress=True):
       cfg.unlearn.reference = run_lib.latest_checkpoint(unseen_dir)[0]
     if preset.get('classifier') and not cfg.unlearn.classifier:
       cfg.unlearn.classifier = noisy_classifier_path(config, workdir, progress)
-    task = losses.get_task(preset['task']).name
+    task = method.name
     runs.append((f'{task} + {name}', task, cfg, os.path.join(workdir, name)))
   return runs
 
@@ -234,7 +234,7 @@ def main(argv):
     sys.exit(1)
   tasks = [t.strip() for t in FLAGS.tasks.split(',') if t.strip()]
   try:
-    tasks = [losses.get_task(t).name for t in tasks]
+    tasks = [unlearning.get_method(t).name for t in tasks]
     names = [p.strip() for p in FLAGS.presets.split(',') if p.strip()]
     md, _ = run_toy(FLAGS.config, FLAGS.workdir, tasks, FLAGS.field_time, FLAGS.progress, names)
   except (ValueError, run_lib.TrainingError, utils.CheckpointError, datasets.DatasetUnavailableError) as e:

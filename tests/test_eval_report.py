@@ -111,8 +111,9 @@ def test_cli_prints_and_writes(tmp_path, capsys):
 
 
 def test_task_names_match_the_training_tasks():
-  import losses
-  for task in losses.TASKS.values():
-    assert R.canonical_task(task.name) == task.name
-    assert R.canonical_task(task.official_name) == task.name
-  assert set(R.TASK_ORDER) == set(losses.TASKS)
+  import unlearning
+  for method in unlearning.registered():
+    assert R.canonical_task(method.name) == method.name
+    if method.official_name:
+      assert R.canonical_task(method.official_name) == method.name
+  assert set(R.TASK_ORDER) == {m.name for m in unlearning.registered()}

@@ -168,7 +168,7 @@ def digits_config(root):
 
 
 def test_mnist_best_preset_trains_an_image_model_against_its_reference(tmp_path):
-  import presets
+  import unlearning
   config = digits_config(tmp_path / 'data')
   run_lib.train(copy.deepcopy(config), str(tmp_path / 'unseen'), 'unseen', progress=False)
   config.unlearn.preset = 'mnist-best'
@@ -176,7 +176,7 @@ def test_mnist_best_preset_trains_an_image_model_against_its_reference(tmp_path)
   state = run_lib.train(config, str(tmp_path / 'run'), 'obtuse', progress=False)
   assert state['step'] == 4
   saved = json.load(open(tmp_path / 'run' / 'config.json'))['unlearn']
-  assert {k: saved[k] for k in presets.PRESETS['mnist-best']['unlearn']} == presets.PRESETS['mnist-best']['unlearn']
+  assert {k: saved[k] for k in unlearning.all_presets()['mnist-best'][1]['unlearn']} == unlearning.all_presets()['mnist-best'][1]['unlearn']
 
 
 def test_image_eval_with_classifier_and_fid(tmp_path, monkeypatch):

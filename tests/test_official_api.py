@@ -16,6 +16,7 @@ import sde_lib
 from configs.default_configs import get_base_config, with_defaults
 from evaluation import run as evaluation_run
 from models import utils as mutils
+from models.ema import ExponentialMovingAverage
 
 
 def official_config(dataset='DIGITS8X8', model='ncsnpp'):
@@ -115,7 +116,7 @@ def test_likelihood_score_loss_and_step_functions_from_official_keys():
   assert bpd.shape == (3,) and torch.isfinite(bpd).all() and z.shape == x.shape and nfe > 0
   optimizer = losses.get_optimizer(config, model.parameters())
   state = dict(model=model, optimizer=optimizer, step=0,
-               ema=run_lib.ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate))
+               ema=ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate))
   step_fn = losses.get_step_fn(sde, True, losses.optimization_manager(config), config.training.reduce_mean,
                                config.training.continuous, config.training.likelihood_weighting)
   loss = step_fn(state, x)

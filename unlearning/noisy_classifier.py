@@ -19,6 +19,7 @@ from absl import logging
 from tqdm import tqdm
 
 import datasets
+import runtime
 import sde_lib
 import utils
 from models import utils as mutils
@@ -142,13 +143,11 @@ def train_noisy_classifier(config, out_path, progress=True):
   ``config.seed``.
   """
   config = default_configs.with_defaults(config)
-  import run_lib   # here, not at the top: run_lib imports this module
-
   if os.path.exists(out_path):
     raise NoisyClassifierError(f'{out_path} exists already; remove it or choose another --workdir')
   nc = config.noisy_classifier
-  device = run_lib.resolve_device(config.device)
-  run_lib.seed_everything(config.seed)
+  device = runtime.resolve_device(config.device)
+  runtime.seed_everything(config.seed)
   sde = sde_lib.get_sde(config)
   lo, hi = _time_range(config, sde)
   data = datasets.get_dataset(config)

@@ -1,0 +1,20 @@
+"""The unlearning methods, one module each, behind one registry (``get_method``): ``--task NAME``.
+
+Every method module registers a ``base.Method``; importing this package imports them all, so the
+registry is always full. docs/unlearning.md has the table of methods, equations, needs and sources.
+"""
+from unlearning.base import Context, Method, Objective, get_method, register, registered
+from unlearning.presets import all_presets, apply_preset
+from unlearning.step import get_step_fn
+
+# The methods (import order = the order of tables and reports).
+from unlearning import standard  # noqa: E402,F401  standard, unseen, finetune
+from unlearning import orthogonal  # noqa: E402,F401
+from unlearning import obtuse  # noqa: E402,F401
+from unlearning import erase  # noqa: E402,F401
+
+
+def build_objective(method, config, sde, data, device, model, train=True, start='fresh', workdir=None):
+  """``method.build`` on a ``Context`` of these values: the run's ``Objective``."""
+  ctx = Context(config, sde, data, device, model, train, start, workdir)
+  return get_method(method).build(ctx)

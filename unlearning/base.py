@@ -1,0 +1,174 @@
+"""The pieces every unlearning method is made of: its registry entry (``Method``), what it is given when
+it is built (``Context``) and what it hands to the training step (``Objective``).
+
+An ``Objective`` turns a retain batch x_g ~ D_g and a forget batch x_f ~ D_f into per-sample terms
+``L_g [B_g]`` and ``L_f [B_f]`` (either may be absent) and a parameter-space term ``R(θ)``; the step
+(``unlearning/step.py``) reduces and mixes them in one place:
+
+    loss = α · mean(L_g) + (1 − α) · mean(L_f) · [forget step] + R(θ)
+
+Methods that need more than that (a gradient mask, a bi-level update) override ``backward`` /
+``before_update`` / ``after_update``.
+"""
+import dataclasses
+from typing import Callable, Optional, Tuple
+
+import torch
+
+import losses
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """An unlearning method (or baseline) as ``--task`` knows it.
+
+  ``retain_data``: what L_g trains on: ``'full'`` (D), ``'retain'`` (D_g) or ``'none'`` (no retained data is
+  read at all). ``forget_data``: whether D_f batches are drawn. ``build(ctx) -> Objective``.
+  ``needs``: what the method needs besides the data (for docs and error messages); ``keys``: the config
+  keys it reads; ``presets``: named settings (``--config.unlearn.preset``); ``paper``: where it comes from.
+  """
+  name: str
+  build: Callable
+  official_name: Optional[str] = None
+  retain_data: str = 'retain'
+  forget_data: bool = True
+  summary: str = ''
+  equation: str = ''
+  needs: Tuple[str, ...] = ()
+  keys: Tuple[str, ...] = ()
+  paper: str = ''
+  presets: dict = dataclasses.field(default_factory=dict)
+
+
+_METHODS = {}
+
+
+def register(method):
+  """Adds ``method`` to the registry (names and official names must be unique); returns it."""
+  for name in (method.name, method.official_name):
+    if name is not None and any(name in (m.name, m.official_name) for m in _METHODS.values()):
+      raise ValueError(f'an unlearning method is already registered as {name!r}')
+  _METHODS[method.name] = method
+  return method
+
+
+def registered():
+  """Every registered method, in registration order (the ``unlearning`` package imports them all)."""
+  import unlearning  # noqa: F401  (importing the package registers every method)
+  return list(_METHODS.values())
+
+
+def get_method(name):
+  """The method ``--task name`` names: readable (``orthogonal``) or official (``square``) names."""
+  if isinstance(name, Method):
+    return name
+  for method in registered():
+    if name in (method.name, method.official_name):
+      return method
+  valid = ', '.join(m.name + (f' ({m.official_name})' if m.official_name and m.official_name != m.name else '')
+                    for m in registered())
+  raise ValueError(f"unknown task '{name}'; valid: {valid}")
+
+
+@dataclasses.dataclass
+class Context:
+  """What a method's ``build`` gets.
+
+  ``model``: the network being trained, holding its starting weights (fresh, fine-tuning or resumed);
+  ``start``: ``'fresh'``, ``'finetune'``, ``'resumed'`` or ``'eval'``; ``workdir``: where the method may cache
+  what it computes once (None: nothing is cached); ``train``: a training run (False: the evaluation loss,
+  which needs the per-sample terms only).
+  """
+  config: object
+  sde: object
+  data: object
+  device: torch.device
+  model: torch.nn.Module
+  train: bool = True
+  start: str = 'fresh'
+  workdir: Optional[str] = None
+
+  def loss_fn(self, term_fn=None, t_range=None, reference=None, tilt_fn=None):
+    """The engine's per-sample loss with this run's training settings (``losses.get_loss_fn``)."""
+    tc = self.config.training
+    return losses.get_loss_fn(self.sde, self.train, tc.reduce_mean, tc.continuous, tc.likelihood_weighting, tc.eps,
+                              term_fn=term_fn, t_range=t_range, reference=reference, tilt_fn=tilt_fn)
+
+  @property
+  def reduce_mean(self):
+    return bool(self.config.training.reduce_mean)
+
+
+class Objective:
+  """Per-sample retain and forget terms, a parameter term, and how they are mixed into one loss.
+
+  ``retain_fn(model, x [B, ...], generator) -> [B]`` (None: no retained data), ``forget_fn`` likewise (None:
+  no forget term), ``regularizer(model) -> scalar`` (None: none); ``alpha`` weights L_g and 1 − α L_f;
+  the forget term is used on steps 0, k, 2k, … (``forget_every`` = k; 0: never).
+  """
+
+  def __init__(self, retain_fn=None, forget_fn=None, alpha=1., forget_every=1, regularizer=None):
+    if not 0. <= float(alpha) <= 1.:
+      raise ValueError(f'the retain weight α must be in [0, 1], got {alpha}')
+    self.retain_fn, self.forget_fn, self.regularizer = retain_fn, forget_fn, regularizer
+    self.alpha, self.forget_every = float(alpha), int(forget_every)
+
+  @property
+  def needs_retain_batch(self):
+    return self.retain_fn is not None
+
+  def needs_forget_batch(self, step, train=True):
+    """Whether step ``step`` uses the forget term (always when evaluating)."""
+    if self.forget_fn is None:
+      return False
+    return not train or (self.forget_every > 0 and step % self.forget_every == 0)
+
+  def terms(self, model, step, batch_g, batch_f, generator=None, train=True):
+    """``(L_g [B_g] or None, L_f [B_f] or None)`` for this step's batches."""
+    lg = self.retain_fn(model, batch_g, generator) if self.retain_fn is not None else None
+    lf = self.forget_fn(model, batch_f, generator) if self.needs_forget_batch(step, train) else None
+    return lg, lf
+
+  def total(self, model, lg, lf, train=True):
+    """The scalar loss: α·mean(L_g) + (1 − α)·mean(L_f) + R(θ); α·mean(L_g) alone on steps without the forget
+    term (as the official schedule); mean(L_g) for a method without a forget term."""
+    parts = []
+    if lg is not None:
+      parts.append(lg.mean() if self.forget_fn is None else self.alpha * lg.mean())
+    if lf is not None:
+      parts.append((1. - self.alpha) * lf.mean())
+    if train and self.regularizer is not None:
+      parts.append(self.regularizer(model))
+    if not parts:
+      raise ValueError('this step has neither a retain nor a forget term')
+    return sum(parts[1:], parts[0])
+
+  # Hooks of the update (defaults: plain backpropagation of the total).
+  def backward(self, model, loss, lg, lf):
+    loss.backward()
+
+  def before_update(self, model):
+    """Called with the gradients in place, before clipping and the optimiser step."""
+
+  def after_update(self, model):
+    """Called after the optimiser step (before the EMA update)."""
+
+
+def dsm_term(ctx):
+  """The retain term: denoising score matching ``L_g = λ ‖s − ∇ log p_0t‖²`` per sample (engine loss)."""
+  return ctx.loss_fn()
+
+
+def forget_time_range(unlearn):
+  """``(t_min, t_max)`` on which the forget term is drawn (``unlearn.forget_t_min/max``), or None for all."""
+  lo, hi = float(unlearn.get('forget_t_min', 0.)), float(unlearn.get('forget_t_max', 1.))
+  if not 0. <= lo < hi <= 1.:
+    raise ValueError(f'unlearn.forget_t_min/forget_t_max must satisfy 0 <= min < max <= 1, got {lo}, {hi}')
+  return None if (lo, hi) == (0., 1.) else (lo, hi)
+
+
+def choice(value, valid, key):
+  """``value`` if it is one of ``valid``, else a ``ValueError`` naming ``key`` and the valid values."""
+  if value not in valid:
+    raise ValueError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
+  return value
