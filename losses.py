@@ -82,17 +82,27 @@ def _reference_scaled_score(sde, reference, x_t, labels, std):
     return model_scaled_score(sde, mutils.get_model_fn(reference, False), x_t, labels, std)
 
 
+def draw_noise(x0, generator=None, noise='gaussian'):
+  """The noise z of ``x_t = m_t x_0 + σ_t z``: N(0, I) (``'gaussian'``, the SDE's), or U[0, 1)^D (``'uniform'``:
+  the surrogate noise of EraseDiff and Selective Amnesia, with which x_t is built and which is the target)."""
+  if noise == 'gaussian':
+    return torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+  if noise == 'uniform':
+    return torch.rand(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+  raise ValueError(f"unknown noise {noise!r}; valid: gaussian, uniform")
+
+
 def perturb_continuous(sde, model, x0, train, likelihood_weighting=False, eps=1e-5, t=None, z=None,
-                       generator=None, t_range=None, reference=None, tilt_fn=None):
+                       generator=None, t_range=None, reference=None, tilt_fn=None, noise='gaussian'):
   """Continuous time: ``t ~ U(eps, T)`` (or ``U(t_range)``), ``x_t`` from ``sde.marginal_prob``; the model
   sees ``sde.model_labels``. ``reference``: a frozen network evaluated at the same ``(x_t, t)``;
-  ``tilt_fn(x_t, t, std) -> [B, ...]`` fills ``Perturbed.tilt``."""
+  ``tilt_fn(x_t, t, std) -> [B, ...]`` fills ``Perturbed.tilt``; ``noise``: see ``draw_noise``."""
   b = x0.shape[0]
   if t is None:
     lo, hi = (eps, sde.T) if t_range is None else (max(eps, t_range[0]), min(sde.T, t_range[1]))
     t = torch.rand(b, device=x0.device, dtype=x0.dtype, generator=generator) * (hi - lo) + lo
   if z is None:
-    z = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+    z = draw_noise(x0, generator, noise)
   mean, std = sde.marginal_prob(x0, t)
   x_t = mean + append_dims(std, x0.ndim) * z
   labels = sde.model_labels(t, True)
@@ -103,13 +113,13 @@ def perturb_continuous(sde, model, x0, train, likelihood_weighting=False, eps=1e
   return Perturbed(ss, z, std, weight, g2, _reference_scaled_score(sde, reference, x_t, labels, std), tilt)
 
 
-def perturb_discrete(sde, model, x0, train, index=None, z=None, generator=None, reference=None):
+def perturb_discrete(sde, model, x0, train, index=None, z=None, generator=None, reference=None, noise='gaussian'):
   """Discrete DDPM (VP) or SMLD (VE) perturbation at a uniform noise level; the model sees the level index."""
   b = x0.shape[0]
   if index is None:
     index = torch.randint(0, sde.N, (b,), device=x0.device, generator=generator)
   if z is None:
-    z = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+    z = draw_noise(x0, generator, noise)
   coeff, std = sde.discrete_marginal(index)
   coeff, std = coeff.to(x0.dtype), std.to(x0.dtype)
   x_t = append_dims(coeff, x0.ndim) * x0 + append_dims(std, x0.ndim) * z
@@ -146,28 +156,32 @@ def _dsm_term(reduce_mean):
 
 
 def get_sde_loss_fn(sde, train, reduce_mean=True, continuous=True, likelihood_weighting=True, eps=1e-5,
-                    term_fn=None, t_range=None, reference=None, tilt_fn=None):
+                    term_fn=None, t_range=None, reference=None, tilt_fn=None, noise='gaussian'):
   """Continuous-time loss: ``loss_fn(model, batch, generator=None) -> [B]``.
 
   ``t ~ U(eps, T)`` (or ``U(t_range)``); ``term_fn(p: Perturbed, generator) -> [B]`` (default: DSM) sees the
-  frozen ``reference`` network and the ``tilt_fn`` correction at the same ``(x_t, t)`` when given.
+  frozen ``reference`` network and the ``tilt_fn`` correction at the same ``(x_t, t)`` when given; the
+  noise is ``draw_noise``'s ``noise``.
   """
   fn = term_fn or _dsm_term(reduce_mean)
+  draw_noise(torch.zeros(1), None, noise)   # refuses an unknown noise now
 
   def loss_fn(model, batch, generator=None):
     p = perturb_continuous(sde, model, batch, train, likelihood_weighting, eps, generator=generator,
-                           t_range=t_range, reference=reference, tilt_fn=tilt_fn)
+                           t_range=t_range, reference=reference, tilt_fn=tilt_fn, noise=noise)
     return fn(p, generator)
 
   return loss_fn
 
 
-def _discrete_loss_fn(sde, train, reduce_mean, term_fn=None, reference=None):
+def _discrete_loss_fn(sde, train, reduce_mean, term_fn=None, reference=None, noise='gaussian'):
   sde.discrete_marginal(torch.zeros(1, dtype=torch.long))  # refuses SDEs without a discrete form
   fn = term_fn or _dsm_term(reduce_mean)
+  draw_noise(torch.zeros(1), None, noise)
 
   def loss_fn(model, batch, generator=None):
-    return fn(perturb_discrete(sde, model, batch, train, generator=generator, reference=reference), generator)
+    return fn(perturb_discrete(sde, model, batch, train, generator=generator, reference=reference, noise=noise),
+              generator)
 
   return loss_fn
 
@@ -183,14 +197,14 @@ def get_ddpm_loss_fn(vpsde, train, reduce_mean=True, term_fn=None):
 
 
 def get_loss_fn(sde, train, reduce_mean, continuous, likelihood_weighting, eps=1e-5, term_fn=None, t_range=None,
-                reference=None, tilt_fn=None):
+                reference=None, tilt_fn=None, noise='gaussian'):
   """Continuous score matching, or the discrete DDPM/SMLD loss the SDE defines, with ``term_fn`` (default DSM).
 
   A time range and a tilt need continuous training (``ValueError`` otherwise).
   """
   if continuous:
     return get_sde_loss_fn(sde, train, reduce_mean, True, likelihood_weighting, eps, term_fn, t_range, reference,
-                           tilt_fn)
+                           tilt_fn, noise)
   if likelihood_weighting:
     raise ValueError('likelihood weighting is only defined for continuous training (training.continuous=True)')
   if t_range is not None:
@@ -198,7 +212,7 @@ def get_loss_fn(sde, train, reduce_mean, continuous, likelihood_weighting, eps=1
                      '(training.continuous=True)')
   if tilt_fn is not None:
     raise ValueError('this forget term needs continuous training (training.continuous=True)')
-  return _discrete_loss_fn(sde, train, reduce_mean, term_fn, reference)
+  return _discrete_loss_fn(sde, train, reduce_mean, term_fn, reference, noise)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -203,7 +203,7 @@ def _train(config, workdir, method, finetune, progress, main):
                                            sampling_eps(config, sde))
   state, how = _start_state(config, workdir, finetune, device)
   objective = unlearning.build_objective(method, config, sde, data, device, state['model'], True, how,
-                                         workdir if main else None)
+                                         workdir if main else None, int(state['step']))
   eval_objective = unlearning.build_objective(method, config, sde, data, device, state['model'], False, 'eval')
   step_fn = unlearning.get_step_fn(objective, True, losses.optimization_manager(config))
   eval_step_fn = unlearning.get_step_fn(eval_objective, False)

@@ -171,6 +171,35 @@ def get_base_config():
   nc.t_min = 0.                          # trained on t ~ U[t_min, t_max]: cover the forget term's range
   nc.t_max = 0.1
 
+  # The other methods of the family, one block each (unlearning/<method>.py says where each default comes from).
+  config.neggrad = ng = ml_collections.ConfigDict()       # --task neggrad: gradient ascent on D_f, with D_g
+  ng.alpha = 0.5                         # weight of L_g; 1 − alpha weights the ascent on D_f
+  ng.ceiling = 1.                        # the ascent on a forget item stops at this many times the loss of a zero score
+  config.salun = sl = ml_collections.ConfigDict()         # --task salun: a weight-saliency mask on another method
+  sl.base = 'neggrad'                    # the forget objective the mask is applied to (a method with a forget term)
+  sl.share = 0.5                         # share of the weights that move: those with the largest |∇ L_f|
+  sl.mask_batches = 0                    # D_f batches (training.batch_size_un) for the gradient; 0 = all of D_f
+  config.sa = sa = ml_collections.ConfigDict()            # --task sa: Selective Amnesia (EWC + replay + surrogate)
+  sa.ewc_lambda = 10.                    # λ of the EWC penalty, in the paper's loss scale (see unlearning/sa.py)
+  sa.replay_weight = 1.                  # γ of the replay term
+  sa.replay = 'generated'                # generated (samples of the pretrained model, forget classes dropped) | data (D_g)
+  sa.samples = 1000                      # samples generated from the pretrained model (Fisher and replay)
+  sa.fisher_times = 8                    # (t, z) draws per sample for its gradient of the time-summed loss
+  config.erasediff = ed = ml_collections.ConfigDict()     # --task erasediff: the bi-level update of EraseDiff
+  ed.eta = 0.1                           # η of the dynamic barrier: λ = max(η − ⟨∇L_g, ∇L_f⟩ / ‖∇L_f‖², 0)
+  ed.fixed_lambda = -1.                  # >= 0: a fixed λ (the released code's 0.1) instead of the barrier
+  config.siss = si = ml_collections.ConfigDict()          # --task siss: importance-sampled mixture objective
+  si.mixture = 0.5                       # λ: the share of x_t drawn around forget items
+  si.superfactor = 1.                    # s: multiplies the forget term (1: the unbiased D_g objective)
+  si.scaling_norm = 0.                   # > 0: the forget gradient rescaled to this norm (the released code)
+  config.vdu = vdu = ml_collections.ConfigDict()          # --task vdu: D_f only, plasticity + stability
+  vdu.gamma = 1.                         # γ: weight of the stability term
+  vdu.ceiling = 1.                       # the plasticity ascent stops at this many times the loss of a zero score
+  vdu.checkpoints = ''                   # comma-separated independently trained checkpoints: per-weight mean/variance
+  vdu.samples = 1000                     # single-checkpoint fallback: generated samples for the diagonal Fisher
+  vdu.fisher_times = 8
+  vdu.variance_floor = 1e-8              # added to each variance (several checkpoints)
+
   config.seed = 42
   config.device = 'auto'                 # auto | cpu | cuda | cuda:N
   return config

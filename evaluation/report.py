@@ -35,12 +35,14 @@ import utils
 RESULTS_FILENAME = 'results.json'
 #: the column order and names: the paper's five first, then the other methods of ``unlearning/``; keys are
 #: the readable ``--task`` names of ``unlearning.registered()``.
-TASK_ORDER = ('standard', 'orthogonal', 'obtuse', 'unseen', 'erase', 'finetune')
+TASK_ORDER = ('standard', 'orthogonal', 'obtuse', 'unseen', 'erase', 'finetune', 'neggrad', 'salun', 'sa',
+              'erasediff', 'siss', 'vdu')
 TASK_DISPLAY = {'standard': 'Standard', 'orthogonal': 'Ort', 'obtuse': 'Obt', 'unseen': 'Unseen',
-                'erase': 'EraseDiff', 'finetune': 'FT'}
+                'erase': 'EraseDiff', 'finetune': 'FT', 'neggrad': 'NegGrad+', 'salun': 'SalUn', 'sa': 'SA',
+                'erasediff': 'EraseDiff (bi-level)', 'siss': 'SISS', 'vdu': 'VDU'}
 #: official (``--task``) and display names of the tasks.
 TASK_ALIASES = {'normal': 'standard', 'no_u': 'unseen', 'square': 'orthogonal', 'norm': 'obtuse',
-                'ort': 'orthogonal', 'obt': 'obtuse', 'erasediff': 'erase'}
+                'ort': 'orthogonal', 'obt': 'obtuse'}
 MISSING = '—'
 
 

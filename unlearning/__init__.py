@@ -12,9 +12,15 @@ from unlearning import standard  # noqa: E402,F401  standard, unseen, finetune
 from unlearning import orthogonal  # noqa: E402,F401
 from unlearning import obtuse  # noqa: E402,F401
 from unlearning import erase  # noqa: E402,F401
+from unlearning import neggrad  # noqa: E402,F401
+from unlearning import salun  # noqa: E402,F401
+from unlearning import sa  # noqa: E402,F401
+from unlearning import erasediff  # noqa: E402,F401
+from unlearning import siss  # noqa: E402,F401
+from unlearning import vdu  # noqa: E402,F401
 
 
-def build_objective(method, config, sde, data, device, model, train=True, start='fresh', workdir=None):
+def build_objective(method, config, sde, data, device, model, train=True, start='fresh', workdir=None, step=0):
   """``method.build`` on a ``Context`` of these values: the run's ``Objective``."""
-  ctx = Context(config, sde, data, device, model, train, start, workdir)
+  ctx = Context(config, sde, data, device, model, train, start, workdir, step)
   return get_method(method).build(ctx)

@@ -77,7 +77,7 @@ class Context:
   ``model``: the network being trained, holding its starting weights (fresh, fine-tuning or resumed);
   ``start``: ``'fresh'``, ``'finetune'``, ``'resumed'`` or ``'eval'``; ``workdir``: where the method may cache
   what it computes once (None: nothing is cached); ``train``: a training run (False: the evaluation loss,
-  which needs the per-sample terms only).
+  which needs the per-sample terms only); ``step``: the step the run starts at.
   """
   config: object
   sde: object
@@ -87,12 +87,13 @@ class Context:
   train: bool = True
   start: str = 'fresh'
   workdir: Optional[str] = None
+  step: int = 0
 
-  def loss_fn(self, term_fn=None, t_range=None, reference=None, tilt_fn=None):
+  def loss_fn(self, term_fn=None, t_range=None, reference=None, tilt_fn=None, noise='gaussian'):
     """The engine's per-sample loss with this run's training settings (``losses.get_loss_fn``)."""
     tc = self.config.training
     return losses.get_loss_fn(self.sde, self.train, tc.reduce_mean, tc.continuous, tc.likelihood_weighting, tc.eps,
-                              term_fn=term_fn, t_range=t_range, reference=reference, tilt_fn=tilt_fn)
+                              term_fn=term_fn, t_range=t_range, reference=reference, tilt_fn=tilt_fn, noise=noise)
 
   @property
   def reduce_mean(self):
@@ -102,20 +103,28 @@ class Context:
 class Objective:
   """Per-sample retain and forget terms, a parameter term, and how they are mixed into one loss.
 
-  ``retain_fn(model, x [B, ...], generator) -> [B]`` (None: no retained data), ``forget_fn`` likewise (None:
-  no forget term), ``regularizer(model) -> scalar`` (None: none); ``alpha`` weights L_g and 1 − α L_f;
-  the forget term is used on steps 0, k, 2k, … (``forget_every`` = k; 0: never).
+  ``retain_fn(model, x [B, ...], generator) -> [B]`` (None: no retain term), ``forget_fn`` likewise (None: no
+  forget term), ``regularizer(model) -> scalar`` (None: none). The terms are weighted α and 1 − α
+  (``alpha``), or by ``weights = (w_g, w_f)`` when given; the forget term is used on steps 0, k, 2k, …
+  (``forget_every`` = k; 0: never). ``retain_batches(step) -> x`` supplies the retain batch itself (e.g.
+  replayed samples) instead of the run's D_g iterator; it must depend on the step only, so that a resumed
+  run draws what an uninterrupted one would.
   """
 
-  def __init__(self, retain_fn=None, forget_fn=None, alpha=1., forget_every=1, regularizer=None):
-    if not 0. <= float(alpha) <= 1.:
-      raise ValueError(f'the retain weight α must be in [0, 1], got {alpha}')
+  def __init__(self, retain_fn=None, forget_fn=None, alpha=1., forget_every=1, regularizer=None, weights=None,
+               retain_batches=None):
+    if weights is None:
+      if not 0. <= float(alpha) <= 1.:
+        raise ValueError(f'the retain weight α must be in [0, 1], got {alpha}')
+      weights = (float(alpha), 1. - float(alpha))
     self.retain_fn, self.forget_fn, self.regularizer = retain_fn, forget_fn, regularizer
-    self.alpha, self.forget_every = float(alpha), int(forget_every)
+    self.weights, self.forget_every, self.retain_batches = tuple(float(w) for w in weights), int(forget_every), \
+      retain_batches
 
   @property
   def needs_retain_batch(self):
-    return self.retain_fn is not None
+    """Whether the run must feed a retain batch (False without a retain term or with ``retain_batches``)."""
+    return self.retain_fn is not None and self.retain_batches is None
 
   def needs_forget_batch(self, step, train=True):
     """Whether step ``step`` uses the forget term (always when evaluating)."""
@@ -125,18 +134,21 @@ class Objective:
 
   def terms(self, model, step, batch_g, batch_f, generator=None, train=True):
     """``(L_g [B_g] or None, L_f [B_f] or None)`` for this step's batches."""
+    if self.retain_batches is not None and batch_g is None:
+      batch_g = self.retain_batches(step)
     lg = self.retain_fn(model, batch_g, generator) if self.retain_fn is not None else None
     lf = self.forget_fn(model, batch_f, generator) if self.needs_forget_batch(step, train) else None
     return lg, lf
 
   def total(self, model, lg, lf, train=True):
-    """The scalar loss: α·mean(L_g) + (1 − α)·mean(L_f) + R(θ); α·mean(L_g) alone on steps without the forget
-    term (as the official schedule); mean(L_g) for a method without a forget term."""
+    """The scalar loss: w_g·mean(L_g) + w_f·mean(L_f) + R(θ) (w = (α, 1 − α) by default); w_g·mean(L_g) alone
+    on steps without the forget term (as the official schedule); mean(L_g) for a method without a forget
+    term."""
     parts = []
     if lg is not None:
-      parts.append(lg.mean() if self.forget_fn is None else self.alpha * lg.mean())
+      parts.append(lg.mean() if self.forget_fn is None else self.weights[0] * lg.mean())
     if lf is not None:
-      parts.append((1. - self.alpha) * lf.mean())
+      parts.append(self.weights[1] * lf.mean())
     if train and self.regularizer is not None:
       parts.append(self.regularizer(model))
     if not parts:
@@ -152,6 +164,24 @@ class Objective:
 
   def after_update(self, model):
     """Called after the optimiser step (before the EMA update)."""
+
+
+def set_gradients(model, grads):
+  """Writes ``grads`` (one tensor or None per trainable parameter, ``named_parameters`` order) into ``.grad``."""
+  for p, g in zip([p for p in model.parameters() if p.requires_grad], grads, strict=True):
+    p.grad = None if g is None else g.detach()
+
+
+def gradients(model, value, retain_graph=False):
+  """∇_θ ``value`` for the trainable parameters (zeros where a parameter does not enter)."""
+  params = [p for p in model.parameters() if p.requires_grad]
+  grads = torch.autograd.grad(value, params, retain_graph=retain_graph, allow_unused=True)
+  return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+def flat_dot(a, b):
+  """⟨a, b⟩ of two gradient lists, as a 0-dim tensor."""
+  return sum(((x * y).sum() for x, y in zip(a, b)), torch.zeros((), device=a[0].device))
 
 
 def dsm_term(ctx):
