@@ -422,3 +422,11 @@ def test_every_method_fine_tunes_on_the_8x8_digits(tmp_path_factory, method):
   work = tmp_path_factory.mktemp(method)
   state = run_lib.train(config, str(work), method, finetune=True, progress=False)
   assert state['step'] == 3 and utils.state_problem(state) is None
+
+
+def test_the_docs_table_lists_every_method_as_registered():
+  import pathlib
+  text = (pathlib.Path(__file__).resolve().parents[1] / 'docs' / 'unlearning.md').read_text()
+  assert unlearning.methods_table() in text
+  assert set(METHODS) >= {'standard', 'unseen', 'finetune', 'orthogonal', 'obtuse', 'erase', 'neggrad', 'salun',
+                          'sa', 'erasediff', 'siss', 'vdu'}

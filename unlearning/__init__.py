@@ -24,3 +24,17 @@ def build_objective(method, config, sde, data, device, model, train=True, start=
   """``method.build`` on a ``Context`` of these values: the run's ``Objective``."""
   ctx = Context(config, sde, data, device, model, train, start, workdir, step)
   return get_method(method).build(ctx)
+
+
+def methods_table():
+  """The Markdown table of every registered method (docs/unlearning.md holds this table; a test keeps them
+  equal): task, official name, equation, what it trains on, what it needs, keys, source."""
+  data = {'full': 'D', 'retain': 'D_g', 'none': 'D_f only'}
+  rows = ['| `--task` | official | objective | trains on | needs | keys | source |', '|---|---|---|---|---|---|---|']
+  for m in registered():
+    on = m.trains_on or data[m.retain_data] + (' + D_f' if m.forget_data and m.retain_data != 'none' else '')
+    keys = ', '.join(f'`{k}`' for k in m.keys) or '—'
+    needs = '; '.join(m.needs) or '—'
+    cells = [f'`{m.name}`', f'`{m.official_name}`' if m.official_name else '—', m.equation, on, needs, keys, m.paper]
+    rows.append('| ' + ' | '.join(c.replace('|', '\\|') for c in cells) + ' |')
+  return '\n'.join(rows) + '\n'

@@ -38,6 +38,7 @@ class Method:
   keys: Tuple[str, ...] = ()
   paper: str = ''
   presets: dict = dataclasses.field(default_factory=dict)
+  trains_on: str = ''   # for the docs' table, where ``retain_data`` does not say it all
 
 
 _METHODS = {}

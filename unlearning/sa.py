@@ -96,4 +96,5 @@ METHOD = register(Method(
   needs=('the starting (pretrained) weights: samples, replay and the diagonal Fisher',
          "the evaluation classifier (eval.classifier) for sa.replay='generated'"),
   keys=('sa.ewc_lambda', 'sa.replay_weight', 'sa.replay', 'sa.samples', 'sa.fisher_times'),
-  paper='Heng & Soh, Selective Amnesia, NeurIPS 2023 (code clear-nus/selective-amnesia, DDPM)'))
+  paper='Heng & Soh, Selective Amnesia, NeurIPS 2023 (code clear-nus/selective-amnesia, DDPM)',
+  trains_on='samples of the pretrained model of retained classes (or D_g) + D_f'))
