@@ -183,6 +183,7 @@ def train(config, workdir, task='standard', finetune=False, progress=True):
 
 
 def _train(config, workdir, method, finetune, progress, main):
+  setup_started = time.time()
   device = resolve_device(config.device)
   seed_everything(config.seed)
   sde = sde_lib.get_sde(config)
@@ -280,10 +281,14 @@ def _train(config, workdir, method, finetune, progress, main):
       raise TrainingError(f'the weights are not finite after step {step} ({problem}); stopping without saving '
                           f'them. {last_good}')
 
+  stats = None
+
   def save(path):
     check(int(state['step']))
     state['rng'] = rng_state()
     utils.save_checkpoint(path, dict(state, config=config))
+    if stats is not None:
+      stats.write(int(state['step']))
 
   def snapshot(step):
     save(os.path.join(ckpt_dir, f'checkpoint_{step // tc.snapshot_freq}.pth'))
@@ -298,6 +303,9 @@ def _train(config, workdir, method, finetune, progress, main):
     logging.info('nothing to do: the run has already reached step %d of %d', start, n_iters)
   bar = tqdm(total=n_iters, initial=start, disable=not progress, desc=f'train {method.name}', dynamic_ncols=True)
   t0, steps_timed = time.time(), 0
+  if main:
+    stats = TrainStats(workdir, method.name, how, start, t0 - setup_started, str(device),
+                       config.training.pretrained if how == 'finetune' else '')
   try:
     while state['step'] < n_iters:
       step = int(state['step'])
@@ -392,6 +400,53 @@ class LossMonitor:
       jumps.append((int(self._ratio_step), float(self._ratio), float(self._ratio_value)))
     self._reset_window(self._ratio.device)
     return (bad if bad >= 0 else None), jumps
+
+
+STATS_FILENAME = 'train_stats.json'
+
+
+class TrainStats:
+  """The compute of a training run, ``W/train_stats.json``, rewritten atomically with every checkpoint.
+
+  One segment per process (a resumed run adds one): ``how`` it started (fresh, finetune, resumed), its
+  ``start_step`` and ``end_step``, ``setup_seconds`` (data, model and the method's own preparation, e.g. a
+  Fisher or a replay pool), ``loop_seconds`` (the training steps, with their logging, checkpoints and
+  snapshots) and ``wall_seconds`` (both). The totals sum the segments: ``steps`` (optimisation steps of this
+  work directory; a fine-tuned run does not count its pretraining, named in ``pretrained``), ``wall_seconds``,
+  ``steps_per_second`` (steps / loop seconds).
+  """
+
+  def __init__(self, workdir, task, how, start_step, setup_seconds, device, pretrained=''):
+    self.path = os.path.join(workdir, STATS_FILENAME)
+    self.head = {'task': task, 'start': how, 'pretrained': pretrained, 'device': device}
+    self.segments = []
+    if how == 'resumed' and os.path.isfile(self.path):
+      try:
+        with open(self.path) as f:
+          old = json.load(f)
+        self.head.update({k: old[k] for k in ('start', 'pretrained') if k in old})
+        # a segment that saved beyond the resume point keeps its time (spent) but not the steps done again
+        self.segments = [dict(s, end_step=min(int(s['end_step']), int(start_step))) for s in old.get('segments', [])
+                         if int(s['start_step']) <= start_step]
+      except (OSError, ValueError, KeyError, TypeError) as e:
+        logging.warning('%s is unreadable (%s): the compute of earlier segments is not counted', self.path, e)
+    self.current = {'how': how, 'start_step': int(start_step), 'end_step': int(start_step),
+                    'setup_seconds': float(setup_seconds), 'loop_seconds': 0., 'wall_seconds': float(setup_seconds)}
+    self.loop_started = time.time()
+
+  def write(self, step):
+    """Records the segment up to ``step`` and writes the file."""
+    c = self.current
+    c['end_step'] = int(step)
+    c['loop_seconds'] = time.time() - self.loop_started
+    c['wall_seconds'] = c['setup_seconds'] + c['loop_seconds']
+    segments = self.segments + [dict(c)]
+    steps = sum(s['end_step'] - s['start_step'] for s in segments)
+    loop = sum(s['loop_seconds'] for s in segments)
+    out = dict(self.head, step=int(step), steps=int(steps), wall_seconds=sum(s['wall_seconds'] for s in segments),
+               setup_seconds=sum(s['setup_seconds'] for s in segments), loop_seconds=loop,
+               steps_per_second=steps / loop if loop > 0 else None, segments=segments)
+    utils.atomic_write_text(self.path, json.dumps(out, indent=2))
 
 
 def latest_checkpoint(workdir):

@@ -5,7 +5,10 @@
 reads ``W/<eval_folder>/results.json`` and the per-item NLLs ``nll_items_<step>.npz`` of both runs and
 prints, for D_g and D_f, the NLL of each run and the paired difference B − A (bits/dim; mean ± SEM over
 the items, with a two-sided normal p-value), and the Unlearning Ratios with Fisher's exact test on the
-forget-class counts. Refuses runs on different data sets, forget sets or test items.
+forget-class counts; where both runs have them, the relearning attack (``relearn.json``: UR after the last
+attack step per k, Fisher's test, and the mean UR over the attack) and the membership AUCs (difference ±
+the two DeLong SEs combined as if independent, conservative since the items are shared). Runs of any
+method compare. Refuses runs on different data sets, forget sets or test items.
 
 The paired SEM covers the test items only: a second training seed moves a run by more than that
 (docs/unlearning.md), so a significant paired difference says "these two models differ on these
@@ -42,6 +45,10 @@ def load_run(workdir, eval_folder='eval'):
   items = None
   if results.get('nll_bpd'):
     items = nll_items.load_items(os.path.join(workdir, eval_folder, nll_items.items_filename(results['step'])))
+  from evaluation import relearn
+  attack = relearn.load(workdir, eval_folder)   # the relearning attack (--mode relearn), when run
+  if attack is not None:
+    results['relearning'] = attack
   return results, items
 
 
@@ -55,7 +62,10 @@ def compare(run_a, run_b):
   """Paired NLL differences and the Unlearning Ratio test of two ``load_run`` outputs (B − A).
 
   Returns ``{'nll': {part: {'a', 'b', 'diff', 'sem', 'p', 'n'}}, 'unlearning_ratio': {'a', 'b', 'k_a', 'k_b',
-  'n_a', 'n_b', 'p'}}`` (bits/dim, percent); a part or metric either run lacks is left out.
+  'n_a', 'n_b', 'p'}, 'relearning': [{'k', 'step', 'a', 'b', 'k_a', 'k_b', 'n_a', 'n_b', 'p', 'mean_a', 'mean_b'}],
+  'membership': {'a', 'b', 'diff', 'se', 'p'}}`` (bits/dim, percent, AUC); a part or metric either run lacks is
+  left out (None or empty). Runs of any method compare; the relearning curves compare where both attacked
+  with the same k, steps, learning rate, batch and number of samples (the same items and noise then).
   """
   (ra, ia), (rb, ib) = run_a, run_b
   for key in ('dataset', 'forget'):
@@ -77,6 +87,40 @@ def compare(run_a, run_b):
     p = scipy_stats.fisher_exact([[ka, na - ka], [kb, nb - kb]]).pvalue
     out['unlearning_ratio'] = {'a': ua['percent'], 'b': ub['percent'], 'k_a': ka, 'k_b': kb, 'n_a': na,
                                'n_b': nb, 'p': float(p)}
+  out['relearning'] = _compare_relearning(ra.get('relearning'), rb.get('relearning'))
+  ma, mb = ra.get('membership'), rb.get('membership')
+  out['membership'] = None
+  if ma and mb:
+    se = math.sqrt(ma['se'] ** 2 + mb['se'] ** 2) if ma.get('se') is not None and mb.get('se') is not None else None
+    diff = mb['auc'] - ma['auc']
+    out['membership'] = {'a': ma['auc'], 'b': mb['auc'], 'diff': diff, 'se': se,
+                         'p': _normal_p(diff, se) if se else float('nan')}
+  return out
+
+
+_ATTACK_KEYS = ('steps', 'lr', 'batch_size', 'num_samples', 'seed')
+
+
+def _compare_relearning(a, b):
+  """Per k both attacks share: the UR after the last step of each (Fisher's exact test on the counts) and
+  the mean UR over the attack; [] when the attacks differ in their settings or either is missing."""
+  if not a or not b:
+    return []
+  sa, sb = a.get('settings', {}), b.get('settings', {})
+  if any(sa.get(k) != sb.get(k) for k in _ATTACK_KEYS):
+    return []
+  curves_b = {c['k']: c for c in b.get('curves', [])}
+  out = []
+  for ca in a.get('curves', []):
+    cb = curves_b.get(ca['k'])
+    if cb is None or not ca['points'] or not cb['points']:
+      continue
+    pa, pb = ca['points'][-1], cb['points'][-1]
+    ka, na, kb, nb = pa['num_forget'], pa['num_samples'], pb['num_forget'], pb['num_samples']
+    p = scipy_stats.fisher_exact([[ka, na - ka], [kb, nb - kb]]).pvalue
+    out.append({'k': ca['k'], 'step': pa['step'], 'a': pa['percent'], 'b': pb['percent'], 'k_a': ka, 'k_b': kb,
+                'n_a': na, 'n_b': nb, 'p': float(p), 'mean_a': ca['area']['mean_percent'],
+                'mean_b': cb['area']['mean_percent']})
   return out
 
 
@@ -92,6 +136,15 @@ def markdown(result, name_a, name_b):
   if u:
     lines.append(f'| Unlearning Ratio % | {u["a"]:.2f} ({u["k_a"]}/{u["n_a"]}) | {u["b"]:.2f} ({u["k_b"]}/{u["n_b"]}) '
                  f'| {u["b"] - u["a"]:+.2f} | {u["p"]:.3g} (Fisher) |')
+  for r in result.get('relearning') or []:
+    lines.append(f'| Relearn UR % after {r["step"]} steps, k = {r["k"]} | {r["a"]:.2f} ({r["k_a"]}/{r["n_a"]}) | '
+                 f'{r["b"]:.2f} ({r["k_b"]}/{r["n_b"]}) | {r["b"] - r["a"]:+.2f} | {r["p"]:.3g} (Fisher) |')
+    lines.append(f'| Relearn mean UR % over the attack, k = {r["k"]} | {r["mean_a"]:.2f} | {r["mean_b"]:.2f} | '
+                 f'{r["mean_b"] - r["mean_a"]:+.2f} | — |')
+  m = result.get('membership')
+  if m:
+    se = f' ± {m["se"]:.3f}' if m['se'] is not None else ''
+    lines.append(f'| MIA AUC on D_f | {m["a"]:.3f} | {m["b"]:.3f} | {m["diff"]:+.3f}{se} (unpaired) | {m["p"]:.3g} |')
   return '\n'.join(lines) + '\n'
 
 

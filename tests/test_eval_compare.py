@@ -107,3 +107,44 @@ def test_cli(tmp_path):
   r = subprocess.run([sys.executable, '-m', 'evaluation.compare', a, str(tmp_path / 'nope')], cwd=ROOT,
                      capture_output=True, text=True)
   assert r.returncode == 2 and r.stderr.count('\n') == 1 and 'evaluate the run first' in r.stderr
+
+
+def test_runs_of_any_method_compare_with_their_relearning_and_membership(tmp_path):
+  import unlearning
+  from evaluation.relearn import curve_area
+  methods = [m.name for m in unlearning.registered()]
+  for name in methods:   # every method's results compare with the first's
+    run = _fake_run(tmp_path / name, [1.6, 1.7, 1.5], [1.9, 2.0], k=7)
+    res = json.load(open(os.path.join(run, 'eval', 'results.json')))
+    res['task'] = name
+    with open(os.path.join(run, 'eval', 'results.json'), 'w') as f:
+      json.dump(res, f)
+  assert C.compare(C.load_run(str(tmp_path / methods[0])), C.load_run(str(tmp_path / methods[-1])))['nll']
+
+  def attack(run, urs, counts, auc, se, lr=1e-4):
+    points = [{'step': s, 'percent': u, 'ci95': [0, 100], 'num_samples': 500, 'num_forget': k}
+              for s, u, k in zip((0, 50), urs, counts)]
+    body = {'settings': {'steps': [0, 50], 'lr': lr, 'batch_size': 32, 'num_samples': 500, 'seed': 42},
+            'curves': [{'k': 8, 'points': points, 'area': curve_area([0, 50], urs)}]}
+    with open(os.path.join(run, 'eval', 'relearn.json'), 'w') as f:
+      json.dump(body, f)
+    res = json.load(open(os.path.join(run, 'eval', 'results.json')))
+    res['membership'] = {'auc': auc, 'se': se}
+    with open(os.path.join(run, 'eval', 'results.json'), 'w') as f:
+      json.dump(res, f)
+
+  a, b = str(tmp_path / 'sa'), str(tmp_path / 'vdu')
+  attack(a, [1.0, 20.0], [5, 100], 0.60, 0.03)
+  attack(b, [0.4, 3.0], [2, 15], 0.52, 0.04)
+  r = C.compare(C.load_run(a), C.load_run(b))
+  (rl,) = r['relearning']
+  assert (rl['k'], rl['step'], rl['a'], rl['b'], rl['k_a'], rl['k_b']) == (8, 50, 20.0, 3.0, 100, 15)
+  assert rl['p'] == pytest.approx(_fisher_two_sided(100, 500, 15, 500), rel=1e-9)
+  assert (rl['mean_a'], rl['mean_b']) == (10.5, 1.7)
+  m = r['membership']
+  assert m['diff'] == pytest.approx(-0.08) and m['se'] == pytest.approx(0.05)
+  text = C.markdown(r, 'sa', 'vdu')
+  assert '| Relearn UR % after 50 steps, k = 8 | 20.00 (100/500) | 3.00 (15/500) | -17.00 |' in text
+  assert '| MIA AUC on D_f | 0.600 | 0.520 | -0.080 ± 0.050 (unpaired) |' in text
+  attack(b, [0.4, 3.0], [2, 15], 0.52, 0.04, lr=1e-3)   # another attack: its curves are not compared
+  assert C.compare(C.load_run(a), C.load_run(b))['relearning'] == []

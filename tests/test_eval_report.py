@@ -117,3 +117,85 @@ def test_task_names_match_the_training_tasks():
     if method.official_name:
       assert R.canonical_task(method.official_name) == method.name
   assert set(R.TASK_ORDER) == {m.name for m in unlearning.registered()}
+
+
+def test_every_registered_method_gets_a_column():
+  import unlearning
+  names = [m.name for m in unlearning.registered()]
+  table = R.build_table([results(n, ur=(float(i), 0., 100.)) for i, n in enumerate(reversed(names))])
+  assert table.columns == [R.TASK_DISPLAY[t] for t in R.TASK_ORDER]
+  assert [c.value for c in table.rows[0].cells] == [float(len(names) - 1 - names.index(t)) for t in R.TASK_ORDER]
+
+
+def _curve(k, urs, steps=(0, 50, 100)):
+  from evaluation.relearn import curve_area
+  points = [{'step': s, 'percent': u, 'ci95': [u - 1., u + 1.], 'num_samples': 1000, 'num_forget': int(10 * u),
+             'loss': None} for s, u in zip(steps, urs)]
+  return {'k': k, 'batch_size': min(k, 32), 'points': points, 'area': curve_area(steps, urs)}
+
+
+def _write_extras(workdir, curves=None, mia=None, steps=None, wall=None, folder='eval'):
+  """relearn.json beside results.json, "membership" inside it, W/train_stats.json."""
+  if curves is not None:
+    attack = {'task': 'x', 'checkpoint': 'c.pth', 'curves': curves,
+              'settings': {'lr': 1e-4, 'batch_size': 32, 'num_samples': 1000, 'steps': [0, 50, 100]}}
+    with open(os.path.join(workdir, folder, 'relearn.json'), 'w') as f:
+      json.dump(attack, f)
+  if mia is not None:
+    path = os.path.join(workdir, folder, 'results.json')
+    res = json.load(open(path))
+    res['membership'] = {'auc': mia[0], 'se': mia[1], 'n_member': 400, 'n_nonmember': 100, 'num_draws': 16,
+                         't_range': [0.05, 0.3]}
+    with open(path, 'w') as f:
+      json.dump(res, f)
+  if steps is not None:
+    with open(os.path.join(workdir, 'train_stats.json'), 'w') as f:
+      json.dump({'steps': steps, 'wall_seconds': wall, 'start': 'fresh', 'pretrained': '', 'device': 'cpu'}, f)
+
+
+def test_relearning_membership_and_compute_rows(tmp_path):
+  std = write_run(tmp_path, 'std', results('standard', ur=(11., 9., 13.)))
+  uns = write_run(tmp_path, 'uns', results('no_u', ur=(1., 0.5, 2.)))
+  ng = write_run(tmp_path, 'ng', results('neggrad', ur=(0.5, 0.1, 1.)))
+  _write_extras(std, [_curve(8, [11., 20., 30.]), _curve(32, [11., 25., 40.])], (0.58, 0.02), 20000, 400.)
+  _write_extras(uns, [_curve(8, [1., 3., 6.]), _curve(32, [1., 5., 12.])], (0.51, 0.03), 20000, 380.)
+  _write_extras(ng, [_curve(8, [0.5, 15., 28.])], (0.55, 0.025), 500, 19.)
+  out = tmp_path / 'out'
+  table = R.report([std, uns, ng], str(out))
+  assert table.columns == ['Standard', 'Unseen', 'NegGrad+']
+  rows = {r.label: r for r in table.rows}
+  r8 = rows['Relearn UR (%) after 100 steps, k = 8']
+  assert [c.value for c in r8.cells] == [30., 6., 28.] and r8.cells[2].lo == 27.
+  m8 = rows['Relearn mean UR (%) over the attack, k = 8']
+  assert [c.value for c in m8.cells] == pytest.approx([(15.5 + 25) / 2, (2 + 4.5) / 2, (7.75 + 21.5) / 2])
+  assert [c.value for c in rows['Relearn UR (%) after 100 steps, k = 32'].cells] == [40., 12., None]
+  mia = rows['MIA AUC on D_f (0.5 = not recognisable)']
+  assert [c.value for c in mia.cells] == [0.58, 0.51, 0.55] and mia.cells[0].sem == 0.02
+  steps = rows['Unlearning steps (× Unseen)']
+  assert [c.value for c in steps.cells] == [20000., 20000., 500.]
+  assert [c.ratio for c in steps.cells] == pytest.approx([1., 1., 0.025])
+  wall = rows['Unlearning wall time, s (× Unseen)']
+  assert [c.ratio for c in wall.cells] == pytest.approx([400 / 380, 1., 19 / 380])
+  md = (out / 'table1.md').read_text()
+  assert '| Relearn UR (%) after 100 steps, k = 8 | 30.0 [29.0, 31.0] | 6.0 [5.0, 7.0] | 28.0 [27.0, 29.0] |' in md
+  assert '| MIA AUC on D_f (0.5 = not recognisable) | 0.580 ± 0.020 | 0.510 ± 0.030 | 0.550 ± 0.025 |' in md
+  assert '| Unlearning steps (× Unseen) | 20,000 (1.00×) | 20,000 (1.00×) | 500 (0.03×) |' in md
+  assert '| Unlearning wall time, s (× Unseen) | 400 (1.05×) | 380 (1.00×) | 19 (0.05×) |' in md
+  assert 'relearning attack on c.pth: Adam lr 0.0001' in md and 'MIA 400 train vs 100 test' in md
+  header, csv_rows = parse_csv((out / 'table1.csv').read_text())
+  assert csv_rows['Unlearning steps (× Unseen) ratio'] == ['1', '1', '0.025']
+  assert csv_rows['MIA AUC on D_f (0.5 = not recognisable) se'] == ['0.02', '0.03', '0.025']
+  assert csv_rows['Relearn UR (%) after 100 steps, k = 32 ci95_lo'] == ['39', '11', '']
+  assert os.path.getsize(out / 'table1_relearn.png') > 1000
+  # without an Unseen run the compute has no ratio; an unreadable relearn.json is an error naming it
+  table = R.build_table([R.load_run(std), R.load_run(ng)])
+  assert all(c.ratio is None for r in table.rows if r.metric.startswith('compute') for c in r.cells)
+  (tmp_path / 'ng' / 'eval' / 'relearn.json').write_text('{')
+  with pytest.raises(R.ReportError, match='relearn.json'):
+    R.report([std, ng], None)
+
+
+def test_tables_without_the_new_entries_have_no_new_rows():
+  table = R.build_table([results('standard', ur=(1, 0, 2)), results('unseen', ur=(1, 0, 2))])
+  assert [r.metric for r in table.rows] == ['unlearning_ratio', 'nll_retain', 'nll_forget', 'fid']
+  assert R.plot_relearning(table, 'never-written.png') is False
