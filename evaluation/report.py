@@ -319,8 +319,9 @@ def _run_note(info: dict) -> str:
   rl = r.get('relearning')
   if isinstance(rl, dict) and isinstance(rl.get('settings'), dict):
     st = rl['settings']
-    bits.append(f"relearning attack on {rl.get('checkpoint', '?')}: Adam lr {st.get('lr')}, batch {st.get('batch_size')}, "
-                f"{st.get('num_samples')} samples per point, steps {st.get('steps')}")
+    other = ' (not the checkpoint of the other rows)' if rl.get('checkpoint') != r.get('checkpoint') else ''
+    bits.append(f"relearning attack on {rl.get('checkpoint', '?')}{other}: Adam lr {st.get('lr')}, batch "
+                f"{st.get('batch_size')}, {st.get('num_samples')} samples per point, steps {st.get('steps')}")
   mia = r.get('membership')
   if isinstance(mia, dict):
     bits.append(f"MIA {mia.get('n_member', '?')} train vs {mia.get('n_nonmember', '?')} test D_f items, "
