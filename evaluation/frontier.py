@@ -354,6 +354,56 @@ def frontier_report(nll_g: float, nll_f: float, sem_g: Optional[float] = None,
   return out
 
 
+#: width of the interval, in standard errors, within which a run counts as on the frontier.
+WITHIN_SE = 2.
+#: the verdicts of ``frontier_verdict`` and how a table prints them (``{d}``, ``{se}``: paper scale).
+VERDICT_TEXT = {
+  'below': '{d:.2f} ± {se:.2f} below',
+  'within': 'on the frontier (within error)',
+  'below_entropy': 'D_g below H(p_g): no cost measurable',
+  'beyond': 'CHECK: {d:.2f} ± {se:.2f} beyond the frontier (more than {z:g} SE: unresolved or a bug)',
+}
+
+
+def frontier_verdict(nll_g: float, nll_f: float, sem_g: float, sem_f: float, z: float = WITHIN_SE) -> dict:
+  """Where a measured run stands against the frontier, with its test-set error (nats in, paper scale out).
+
+  Returns ``{'status', 'distance_paper', 'sem_paper', 'text'}``; ``status`` is
+
+  * ``'below'``: ``F(nll_g) − nll_f`` minus ``z`` standard errors is still > 0 (room left; the table prints
+    the distance and one SE, in paper units);
+  * ``'within'``: the interval ``distance ± z SE`` contains 0: as good as any density, up to test-set error;
+  * ``'below_entropy'``: ``nll_g < H(p_g)``, less than any density's expected D_g (test-set error; F's slope
+    is infinite at H(p_g), so no distance is defined) and ``nll_f`` not above ``F(H(p_g) + z sem_g)``
+    beyond ``z sem_f``;
+  * ``'beyond'``: above the frontier by more than ``z`` SE (for ``nll_g < H(p_g)``: above
+    ``F(H(p_g) + z sem_g)`` by more than ``z sem_f``): no density has these expected NLLs, so the
+    estimate is unresolved (too few test points) or something is wrong.
+
+  ``sem_paper`` is √((F′ sem_g)² + sem_f²) on the paper scale (``inf`` for ``'below_entropy'``), the
+  distance's SE from ``frontier_report``; ``distance_paper`` is positive below the frontier.
+  """
+  per_unit = DIMS * math.log(2.)
+  h = entropy_retain()
+  g, f, sg, sf = float(nll_g), float(nll_f), abs(float(sem_g)), abs(float(sem_f))
+  if g < h:
+    ceiling = float(max_forget_nll(h + z * sg))
+    d = (ceiling - f) / per_unit
+    status = 'beyond' if f - z * sf > ceiling else 'below_entropy'
+    se = sf / per_unit if status == 'beyond' else math.inf
+  else:
+    rep = frontier_report(g, f, sg, sf)
+    d, se = rep['distance_paper'], rep['distance_sem'] / per_unit
+    if d - z * se > 0:
+      status = 'below'
+    elif d + z * se >= 0:
+      status = 'within'
+    else:
+      status = 'beyond'
+  text = VERDICT_TEXT[status].format(d=abs(d), se=se, z=z)
+  return {'status': status, 'distance_paper': d, 'sem_paper': se, 'text': text}
+
+
 # ----------------------------------------------------------------------------------------------
 # Independent check: brute-force optimisation over piecewise-constant densities
 
@@ -420,17 +470,24 @@ def brute_force_frontier(mus: Optional[Sequence[float]] = None, n_cells: int = 2
 
 
 def plot_frontier(ax, runs: Optional[Dict[str, Tuple[float, float]]] = None, nll_g_max: Optional[float] = None,
-                  n: int = 60):
+                  n: int = 60, labels: str = 'annotate', se_bars: float = 1., legend: bool = True):
   """Draws the frontier on the paper's scale (D_g horizontal, D_f vertical) on a matplotlib ``ax``.
 
   The arc and its straight continuation (slope e⁴) up to ``nll_g_max`` (nats; default: past the
   points), the unreachable region above it shaded, the exact p_data and p_g points, and ``runs``
-  ``{name: (nll_g_nats, nll_f_nats)}`` or ``{name: (nll_g_nats, nll_f_nats, sem_g_nats, sem_f_nats)}``
-  annotated with their distance to the frontier (paper scale; positive = below it; runs with
-  NLL_g < H(p_g) are measured at H(p_g) and marked). Standard errors, where given, are drawn as ±1 SE
-  bars: the frontier bounds expected NLLs, so a run on a small test set can sit above it within them.
+  ``{name: (nll_g_nats, nll_f_nats)}`` or ``{name: (nll_g_nats, nll_f_nats, sem_g_nats, sem_f_nats)}``.
+  Standard errors, where given, are drawn as ±``se_bars`` SE bars: the frontier bounds expected NLLs,
+  so a run on a small test set can sit above it within them.
+
+  ``labels='annotate'``: each run is a red cross annotated with its distance to the frontier (paper
+  scale; positive = below it; runs with NLL_g < H(p_g) are measured at H(p_g) and marked).
+  ``labels='legend'``: each run gets its own colour and marker and a legend entry ``name: verdict``
+  (``frontier_verdict``, which needs the SEs), so crowded points keep readable labels. ``legend``: draw
+  the legend on ``ax`` (else the caller places it, e.g. with ``ax.get_legend_handles_labels()``).
   Returns ``ax``.
   """
+  if labels not in ('annotate', 'legend'):
+    raise ValueError(f"labels must be 'annotate' or 'legend', got {labels!r}")
   refs = reference_points()
   ends = frontier_end()
   runs = dict(runs or {})
@@ -444,26 +501,50 @@ def plot_frontier(ax, runs: Optional[Dict[str, Tuple[float, float]]] = None, nll
   ys = [to_paper_scale(refs[k][1]) for k in ('p_data', 'p_g')] + [to_paper_scale(float(v[1])) for v in runs.values()]
   top = max(float(fp.max()), max(ys)) + 1.
   bottom = min(ys) - 0.5
-  ax.plot(gp, fp, color='k', lw=1.5, label='frontier F (any density)')
-  ax.fill_between(gp, fp, top, color='0.88', label='unreachable')
-  ax.axvline(to_paper_scale(ends['nll_g_min']), color='0.5', ls=':', lw=1, label='H(p_g)')
+  h_paper = to_paper_scale(ends['nll_g_min'])
+  lefts = [to_paper_scale(float(v[0]) - (se_bars * float(v[2]) if len(v) == 4 else 0.)) for v in runs.values()]
+  left = min([h_paper, to_paper_scale(refs['p_g'][0])] + lefts)
+  left -= 0.05 * (to_paper_scale(a_max) - left)
+  ax.plot(gp, fp, color='k', lw=1.5, label='frontier F: the most D_f any density reaches')
+  ax.fill_between(gp, fp, top, color='0.88', label='unreachable in expectation (any density)')
+  ax.axvspan(left - 1., h_paper, color='0.88', lw=0)     # left of H(p_g): no density either
+  ax.axvline(h_paper, color='0.5', ls=':', lw=1, label='H(p_g): least D_g of any density')
   for name, marker in (('p_data', 'o'), ('p_g', 's')):
     x, y = to_paper_scale(refs[name][0]), to_paper_scale(refs[name][1])
-    ax.plot(x, y, marker, color='tab:blue' if name == 'p_data' else 'tab:green', label=f'{name} (exact)')
+    ax.plot(x, y, marker, color='tab:blue' if name == 'p_data' else 'tab:green', mfc='none', ms=8,
+            label=f'{name} (exact density, expectation)')
   per_unit = DIMS * math.log(2.)        # nats per paper-scale unit
-  for name, run in runs.items():
+  colours = ['tab:red', 'tab:orange', 'tab:purple', 'tab:brown', 'tab:pink', 'tab:cyan', 'tab:olive', 'k',
+             'tab:blue', 'tab:green']
+  markers = ['X', 'D', '^', 'v', 'P', '*', 'h', '<', '>', 'p']
+  for i, (name, run) in enumerate(runs.items()):
     rg, rf = float(run[0]), float(run[1])
-    d = distance_to_frontier(rg, rf, clip=True) / per_unit
-    note = ' (D_g<H)' if rg < ends['nll_g_min'] else ''
     x, y = to_paper_scale(rg), to_paper_scale(rf)
-    if len(run) == 4:
-      ax.errorbar(x, y, xerr=float(run[2]) / per_unit, yerr=float(run[3]) / per_unit, fmt='x', color='tab:red',
-                  elinewidth=0.8, capsize=2)
+    has_se = len(run) == 4
+    if labels == 'legend':
+      colour, marker = colours[i % len(colours)], markers[i % len(markers)]
+      text = frontier_verdict(rg, rf, run[2], run[3])['text'] if has_se else \
+          f'{distance_to_frontier(rg, rf, clip=True) / per_unit:+.2f} to frontier'
+      label = f'{name}: {text}'
     else:
-      ax.plot(x, y, 'x', color='tab:red')
-    ax.annotate(f'{name}: Δ={d:+.2f}{note}', (x, y), textcoords='offset points', xytext=(5, 5), fontsize=8)
-  ax.set_xlabel('NLL D_g (paper scale)')
-  ax.set_ylabel('NLL D_f (paper scale)')
+      colour, marker, label = 'tab:red', 'x', None
+    if has_se:
+      ax.errorbar(x, y, xerr=se_bars * float(run[2]) / per_unit, yerr=se_bars * float(run[3]) / per_unit,
+                  fmt=marker, color=colour, elinewidth=0.8, capsize=2, label=label,
+                  ms=7 if labels == 'legend' else None)
+    else:
+      ax.plot(x, y, marker, color=colour, label=label)
+    if labels == 'annotate':
+      d = distance_to_frontier(rg, rf, clip=True) / per_unit
+      note = ' (D_g<H)' if rg < ends['nll_g_min'] else ''
+      ax.annotate(f'{name}: Δ={d:+.2f}{note}', (x, y), textcoords='offset points', xytext=(5, 5), fontsize=8)
+  ax.set_xlabel('NLL D_g (paper scale: bits/dim + 8)')
+  ax.set_ylabel('NLL D_f (paper scale: bits/dim + 8)')
   ax.set_ylim(bottom, top)
-  ax.legend(fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.28), ncol=2)   # below: runs sit anywhere
+  ax.set_xlim(left, to_paper_scale(a_max))
+  if legend:
+    if labels == 'legend':
+      ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.02, 1.), borderaxespad=0.)
+    else:
+      ax.legend(fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.28), ncol=2)   # below: runs sit anywhere
   return ax

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import sys
+import time
 
 import torch
 from absl import app, flags, logging
@@ -44,9 +45,26 @@ def define_flags():
   flags.DEFINE_string('tasks', 'standard,unseen,orthogonal,obtuse', 'Comma-separated tasks to train and compare.')
   flags.DEFINE_string('presets', 'toy-best,toy-ratio',
                       'Comma-separated presets (unlearning/presets.py) to train beside the tasks.')
+  flags.DEFINE_integer('num_test', NUM_TEST, 'Test points (D_g and D_f together, 4:1) on which every row\'s NLL '
+                       'is measured; replaces config.data.num_test for the evaluation (training is unchanged); '
+                       '0 keeps the config\'s.')
+  flags.DEFINE_integer('num_samples', NUM_SAMPLES, 'Samples drawn from each model (sample statistics, figure); '
+                       'replaces config.eval.num_samples; 0 keeps the config\'s.')
+  flags.DEFINE_float('nll_tol', NLL_TOL, 'ODE tolerance (rtol = atol) of the NLLs; replaces sampling.ode_rtol '
+                     'and ode_atol for the evaluation; 0 keeps the config\'s.')
   flags.DEFINE_float('field_time', 0.05, 'Time t at which the score fields are drawn.')
   flags.DEFINE_boolean('progress', True, 'Show progress bars.')
 
+
+#: test points of the main job's NLLs (16,000 D_g + 4,000 D_f): enough to resolve a hole's D_g cost, which
+#: falls on the ~0.5% of retained points in its band (docs/unlearning.md); the same for every row.
+NUM_TEST = 20000
+#: samples per model for the sample statistics and the figure.
+NUM_SAMPLES = 1000
+#: ODE tolerance (rtol = atol) of the main job's NLLs: 4x fewer network evaluations than the config's 1e-5,
+#: and on the six runs' 20,000 test points a change of the mean NLLs far below their standard errors
+#: (docs/unlearning.md); the same for every row.
+NLL_TOL = 1e-4
 
 # The paper's toy table (its scale): D_g and D_f NLL of each model; the MSGM column is listed for both forms.
 PAPER = {'standard': (10.91, 10.73), 'unseen': (10.63, 11.59), 'orthogonal': (10.64, 39.01),
@@ -61,10 +79,24 @@ def sample_statistics(samples, density):
   return {'centre_percent': centre, 'beyond_8_percent': far}
 
 
-def evaluate_run(config, workdir, task, data, progress):
-  """NLL of the D_g and D_f test points (nats and bits/dim), samples and their statistics, through
-  ``evaluation.run.evaluate`` (which also writes W/<task>/eval/results.json)."""
+def evaluation_config(config, num_test=0, num_samples=0, nll_tol=0.):
+  """A copy of ``config`` with ``data.num_test``, ``eval.num_samples`` and the ODE tolerances
+  ``sampling.ode_rtol`` = ``ode_atol`` replaced where given (> 0)."""
   cfg = copy.deepcopy(config)
+  if num_test:
+    cfg.data.num_test = int(num_test)
+  if num_samples:
+    cfg.eval.num_samples = int(num_samples)
+  if nll_tol:
+    cfg.sampling.ode_rtol = cfg.sampling.ode_atol = float(nll_tol)
+  return cfg
+
+
+def evaluate_run(config, workdir, task, data, progress, num_test=0, num_samples=0, nll_tol=0.):
+  """NLL of the D_g and D_f test points (nats and bits/dim), samples and their statistics, through
+  ``evaluation.run.evaluate`` (which also writes W/<task>/eval/results.json). ``num_test``,
+  ``num_samples``, ``nll_tol``: as ``evaluation_config``."""
+  cfg = evaluation_config(config, num_test, num_samples, nll_tol)
   ev = cfg.eval
   ev.enable_bpd, ev.enable_sampling, ev.enable_fid, ev.enable_loss = True, True, False, False
   ev.begin_ckpt = ev.end_ckpt = 0
@@ -77,24 +109,26 @@ def evaluate_run(config, workdir, task, data, progress):
   return out
 
 
-def analytic_rows(data):
+def analytic_rows(data, num_samples=4000):
+  """The exact rows: p_data and p_g on the same test points, and ``num_samples`` samples of each."""
   test = {part: torch.stack([data.test.part(part)[i][0] for i in range(len(data.test.part(part)))])
           for part in ('retain', 'forget')}
   rows = {}
   for name, density in (('p_data (exact)', data.density),
                         ('p_g (exact)', data.density.restrict(list(data.retain_indices)))):
     rows[name] = {part: {'nats': mean_sem(-density.log_prob(x.double())).to_dict()} for part, x in test.items()}
-    samples, _ = density.sample(int(4000), generator=7)
+    samples, _ = density.sample(int(num_samples), generator=7)
     rows[name].update(sample_statistics(samples.double(), data.density))
+    rows[name]['density'] = density
+    rows[name]['samples'] = samples.double()
   return rows
 
 
-def _distance(g, f):
-  """Room left below the best reachable D_f at this D_g (paper scale, ± its standard error)."""
-  rep = frontier.frontier_report(g['mean'], f['mean'], g['sem'], f['sem'])
-  sem = rep['distance_sem'] / (2 * math.log(2.))
-  note = ' (D_g < H(p_g))' if rep['clipped'] else ''
-  return f"{rep['distance_paper']:.2f} ± {sem:.2f}{note}"
+def frontier_cell(g, f):
+  """The "to frontier (paper)" cell of a row from its D_g and D_f ``{'mean', 'sem'}`` (nats): the distance
+  below the frontier ± one SE (paper scale), or in words where the ±2 SE interval reaches the frontier
+  ("on the frontier (within error)"), where D_g is below H(p_g), or (flagged) beyond the frontier."""
+  return frontier.frontier_verdict(g['mean'], f['mean'], g['sem'], f['sem'])['text']
 
 
 def table_rows(results):
@@ -105,9 +139,9 @@ def table_rows(results):
       'model': name,
       'NLL D_g (nats)': f"{g['mean']:.3f} ± {g['sem']:.3f}",
       'NLL D_f (nats)': f"{f['mean']:.3f} ± {f['sem']:.3f}",
-      'NLL D_g (paper scale)': f"{frontier.to_paper_scale(g['mean']):.2f}",
+      'NLL D_g (paper scale)': f"{frontier.to_paper_scale(g['mean']):.3f}",
       'NLL D_f (paper scale)': f"{frontier.to_paper_scale(f['mean']):.2f}",
-      'to frontier (paper)': _distance(g, f),
+      'to frontier (paper)': frontier_cell(g, f),
       'centre samples %': f"{r['centre_percent']:.1f}",
       'beyond |x|=8 %': f"{r['beyond_8_percent']:.2f}",
       'paper D_g / D_f': ' / '.join(f'{v:.2f}' for v in PAPER[name]) if name in PAPER else '',
@@ -115,25 +149,29 @@ def table_rows(results):
   return rows
 
 
-def draw_figure(results, data, config, path, field_time):
-  """Top row: samples; bottom row: the score field at ``field_time`` (arrows normalised, colour = norm)."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  names = list(results)
-  fig, axes = plt.subplots(2, len(names) + 1, figsize=(3.2 * (len(names) + 1), 6.4), squeeze=False)
-  nats = {n: (results[n]['retain']['nats'], results[n]['forget']['nats']) for n in names if 'density' not in results[n]}
-  frontier.plot_frontier(axes[0, -1], {n: (g['mean'], f['mean'], g['sem'], f['sem']) for n, (g, f) in nats.items()})
-  axes[1, -1].axis('off')
-  grid = torch.linspace(-5, 5, 21, dtype=torch.float64)
-  gx, gy = torch.meshgrid(grid, grid, indexing='xy')
+def table_note(num_retain, num_forget, num_samples, ode_tol):
+  """The lines printed under the table: what its numbers are measured on and how to read the frontier column."""
+  return (f'NLL: mean ± SE over {num_retain:,} D_g and {num_forget:,} D_f test points (the same for every row; '
+          f'probability-flow ODE, exact divergence, tolerance {ode_tol:g}); paper scale = nats / (2 ln 2) + 8. '
+          f'Samples: {num_samples:,} per model. "to frontier": how far D_f lies below the most any density reaches at this D_g '
+          '(evaluation/frontier.py, docs/frontier.md), ± one SE; "within error" = the ±2 SE interval reaches '
+          'the frontier; "D_g below H(p_g)": a test mean under the least expected D_g of any density, where '
+          'the frontier is vertical and no retain cost can be measured. The exact rows are the densities '
+          'themselves on the same test points.')
+
+
+def score_fields(results, config, field_time, extent=5., n=61):
+  """The score s(x, t) of each row on an ``n`` × ``n`` grid of [−extent, extent]² at t = ``field_time``
+  (exact rows: the perturbed density's score; runs: the EMA network). Returns (xs [n], {name: [n, n, 2]}),
+  s in units of 1 / (unit of x), float64, indexed [y, x]."""
+  xs = torch.linspace(-extent, extent, n, dtype=torch.float64)
+  gx, gy = torch.meshgrid(xs, xs, indexing='xy')
   points = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
   sde = sde_lib.get_sde(config)
   t = torch.full((points.shape[0],), field_time, dtype=torch.float64)
   mean_coeff, std = sde.marginal_prob(torch.ones(1, 2, dtype=torch.float64), t[:1])
-  fields = []
-  for name in names:
-    r = results[name]
+  fields = {}
+  for name, r in results.items():
     if 'density' in r:
       field = r['density'].perturbed(mean_coeff[0, 0].item(), std[0].item()).score(points)
     else:
@@ -141,30 +179,123 @@ def draw_figure(results, data, config, path, field_time):
       score_fn = mutils.get_score_fn(sde, model, train=False, continuous=config.training.continuous)
       with torch.no_grad():
         field = score_fn(points.float(), t.float()).double()
-    fields.append(field)
-  log_norms = torch.cat([f.norm(dim=1).clamp(min=1e-12).log() for f in fields])
-  colour = matplotlib.colors.Normalize(vmin=log_norms.min().item(), vmax=log_norms.max().item())
-  for j, (name, field) in enumerate(zip(names, fields)):
+    fields[name] = field.reshape(n, n, 2)
+  return xs, fields
+
+
+def zoom_box(runs, width=0.03, se_bars=2.):
+  """Paper-scale limits ``((x0, x1), (y0, y1))`` of a zoom on the runs crowded near H(p_g) (D_g within
+  ``width`` paper units of it, with their ±``se_bars`` SE bars, and the frontier's arc), or None if fewer
+  than two runs are there. ``runs``: ``{name: (g, f, sem_g, sem_f)}`` in nats."""
+  per_unit = 2 * math.log(2.)
+  h = frontier.to_paper_scale(frontier.entropy_retain())
+  near = [(frontier.to_paper_scale(g), frontier.to_paper_scale(f), se_bars * sg / per_unit, se_bars * sf / per_unit)
+          for g, f, sg, sf in runs.values() if frontier.to_paper_scale(g) < h + width]
+  if len(near) < 2:
+    return None
+  ends = frontier.frontier_end()
+  ref_g = frontier.to_paper_scale(frontier.reference_points()['p_g'][0])
+  x0 = min([x - sx for x, _, sx, _ in near] + [h, ref_g])
+  x1 = max([x + sx for x, _, sx, _ in near] + [frontier.to_paper_scale(ends['nll_g_end'])])
+  y0 = min([y - sy for _, y, _, sy in near] + [frontier.to_paper_scale(ends['nll_f_min'])])
+  y1 = max([y + sy for _, y, _, sy in near] + [frontier.to_paper_scale(ends['nll_f_end'])])
+  px, py = 0.08 * (x1 - x0), 0.08 * (y1 - y0)
+  return (x0 - px, x1 + px), (y0 - py, y1 + py)
+
+
+def draw_figure(results, data, config, path, field_time, num_retain=None, num_forget=None):
+  """One figure: samples of every row (top), the score field at ``field_time`` coloured by its norm with a
+  colour bar (middle), and the runs against the frontier, labelled in a legend with their verdicts (bottom).
+  Written atomically to ``path`` (PNG)."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  from matplotlib import colors, gridspec, patches
+  names = list(results)
+  n = len(names)
+  xs, fields = score_fields(results, config, field_time)
+  norms = {k: v.norm(dim=-1).numpy() for k, v in fields.items()}
+  hi = max(float(v.max()) for v in norms.values())
+  lo = max(min(float(v.min()) for v in norms.values()), hi * 1e-3)
+  cnorm = colors.LogNorm(vmin=lo, vmax=hi)
+  fig = plt.figure(figsize=(1.95 * n + 0.9, 10.8))
+  outer = gridspec.GridSpec(3, n + 1, figure=fig, height_ratios=[1., 1., 2.25], width_ratios=[1.] * n + [0.07],
+                            hspace=0.32, wspace=0.12, left=0.05, right=0.95, top=0.91, bottom=0.06)
+  mesh = None
+  for j, name in enumerate(names):
     r = results[name]
+    title = name.replace(' + ', ' +\n') if len(name) > 16 else name
+    ax = fig.add_subplot(outer[0, j])
     s = r['samples'][:2000]
-    ax = axes[0, j]
-    ax.scatter(s[:, 0], s[:, 1], s=1.5, alpha=0.4)
+    ax.scatter(s[:, 0], s[:, 1], s=1., alpha=0.35, color='k', rasterized=True)
+    ax.add_patch(patches.Circle((0, 0), 2., fill=False, ls='--', lw=1., color='tab:red'))
     ax.set_xlim(-6, 6)
     ax.set_ylim(-6, 6)
+    ax.set_xticks([-4, 0, 4])
+    ax.set_yticks([-4, 0, 4])
     ax.set_aspect('equal')
-    ax.set_title(name, fontsize=10)
-    ax = axes[1, j]
-    norm = field.norm(dim=1, keepdim=True).clamp(min=1e-12)
-    unit = field / norm
-    ax.quiver(points[:, 0], points[:, 1], unit[:, 0], unit[:, 1], norm[:, 0].log(), cmap='viridis', norm=colour,
-              scale=30)
-    ax.set_xlim(-5.5, 5.5)
-    ax.set_ylim(-5.5, 5.5)
+    ax.set_title(f"{title}\ncentre {r['centre_percent']:.1f}%", fontsize=9)
+    ax.tick_params(labelsize=7)
+    if j == 0:
+      ax.set_ylabel('samples\nx₂', fontsize=9)
+    else:
+      ax.set_yticklabels([])
+    ax.set_xlabel('x₁', fontsize=8, labelpad=1)
+    ax = fig.add_subplot(outer[1, j])
+    field = fields[name].numpy()
+    mesh = ax.pcolormesh(xs.numpy(), xs.numpy(), norms[name], norm=cnorm, cmap='viridis', shading='auto',
+                         rasterized=True)
+    ax.streamplot(xs.numpy(), xs.numpy(), field[..., 0], field[..., 1], color='w', linewidth=0.6, density=0.7,
+                  arrowsize=0.7)
+    ax.set_xlim(-5, 5)
+    ax.set_ylim(-5, 5)
+    ax.set_xticks([-4, 0, 4])
+    ax.set_yticks([-4, 0, 4])
     ax.set_aspect('equal')
-    ax.set_title(f'score at t={field_time} (colour: log norm)', fontsize=8)
-  fig.tight_layout()
+    ax.tick_params(labelsize=7)
+    if j == 0:
+      ax.set_ylabel(f'score at t = {field_time:g}\nx₂', fontsize=9)
+    else:
+      ax.set_yticklabels([])
+    ax.set_xlabel('x₁', fontsize=8, labelpad=1)
+  cax = fig.add_subplot(outer[1, n])
+  bar = fig.colorbar(mesh, cax=cax)
+  bar.set_label('|s(x, t)| = |∇ log p_t(x)|  (per unit of x)', fontsize=8)
+  bar.ax.tick_params(labelsize=7)
+  fig.text(0.05, 0.99, f'Top: {len(results[names[0]]["samples"]):,} samples of each model (dashed: 2σ circle of the '
+           'forgotten centre component; "centre": share of samples nearest it).\nMiddle: score field at '
+           f't = {field_time:g} (white: direction; colour: norm). Bottom: test NLLs against the most D_f any '
+           'density reaches at each D_g (docs/frontier.md).', fontsize=10, va='top')
+  runs = {k: (v['retain']['nats']['mean'], v['forget']['nats']['mean'], v['retain']['nats']['sem'],
+              v['forget']['nats']['sem']) for k, v in results.items() if 'density' not in v}
+  box = zoom_box(runs)
+  bottom = gridspec.GridSpecFromSubplotSpec(1, 3, subplot_spec=outer[2, :], width_ratios=[1.5, 0.85, 0.95],
+                                            wspace=0.22)
+  ax = fig.add_subplot(bottom[0, 0])
+  frontier.plot_frontier(ax, runs, labels='legend', se_bars=2., legend=False)
+  handles, labels = ax.get_legend_handles_labels()
+  points = ''
+  if num_retain and num_forget:
+    points = f' on {num_retain:,} D_g / {num_forget:,} D_f test points'
+  ax.set_title(f'Each run against the frontier (bars: ±2 SE{points})', fontsize=10)
+  ax.grid(alpha=0.3)
+  if box is not None:
+    (x0, x1), (y0, y1) = box
+    ax.add_patch(patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1., color='0.3'))
+    zax = fig.add_subplot(bottom[0, 1])
+    frontier.plot_frontier(zax, runs, labels='legend', se_bars=2., legend=False, n=200)
+    zax.set_xlim(x0, x1)
+    zax.set_ylim(y0, y1)
+    zax.set_title('zoom on the boxed corner', fontsize=10)
+    zax.tick_params(labelsize=8)
+    zax.set_ylabel('')
+    zax.grid(alpha=0.3)
+  lax = fig.add_subplot(bottom[0, 2])
+  lax.axis('off')
+  lax.legend(handles, labels, loc='center left', fontsize=9, frameon=False,
+             title='distance below the frontier,\npaper scale (± 1 SE)', title_fontsize=9)
   tmp = path + '.tmp.png'
-  fig.savefig(tmp, dpi=90)
+  fig.savefig(tmp, dpi=100)
   plt.close(fig)
   os.replace(tmp, path)
 
@@ -201,29 +332,45 @@ def preset_runs(config, workdir, names, progress=True):
   return runs
 
 
-def run_toy(config, workdir, tasks, field_time=0.05, progress=True, preset_names=()):
-  """Trains (or reuses) each task's and each preset's run, evaluates all of them, writes the table and
-  the figure."""
+def run_toy(config, workdir, tasks, field_time=0.05, progress=True, preset_names=(), num_test=0, num_samples=0,
+            nll_tol=0.):
+  """Trains (or reuses) each task's and each preset's run, evaluates all of them on the same test points,
+  writes the table and the figure. ``num_test`` (test points, D_g and D_f together), ``num_samples``
+  (samples per model) and ``nll_tol`` (the NLL's ODE tolerance) replace the config's for the evaluation
+  where > 0; training is unchanged."""
   os.makedirs(workdir, exist_ok=True)
-  data = datasets.get_dataset(config, evaluation=True)
+  ecfg = evaluation_config(config, num_test, num_samples, nll_tol)
+  data = datasets.get_dataset(ecfg, evaluation=True)
   if data.density is None:
     raise ValueError(f'the toy experiment needs the GMM2D data set, not {config.data.dataset}')
-  results = {}
-  for name, row in analytic_rows(data).items():
-    row['density'] = data.density if name.startswith('p_data') else data.density.restrict(list(data.retain_indices))
-    row['samples'], _ = row['density'].sample(2000, generator=11)
-    results[name] = row
+  results = analytic_rows(data, ecfg.eval.num_samples)
+  seconds = {}
   runs = [(task, task, config, os.path.join(workdir, task)) for task in tasks]
   for name, task, cfg, run_dir in runs + preset_runs(config, workdir, preset_names, progress):
+    start = time.time()
     run_lib.train(cfg, run_dir, task, progress=progress)
-    results[name] = evaluate_run(cfg, run_dir, task, data, progress)
-  md = tables.write_table(table_rows(results), workdir, 'toy_table')
+    mid = time.time()
+    results[name] = evaluate_run(cfg, run_dir, task, data, progress, num_test, num_samples, nll_tol)
+    seconds[name] = {'train': mid - start, 'evaluate': time.time() - mid}
+    logging.info('%s: training (or reuse) %.0f s, evaluation %.0f s', name, *seconds[name].values())
+  n_g, n_f = len(data.test.retain), len(data.test.forget)
+  note = table_note(n_g, n_f, int(ecfg.eval.num_samples), ecfg.sampling.ode_rtol)
+  md = tables.write_table(table_rows(results), workdir, 'toy_table', note=note)
   summary = {name: {k: v for k, v in r.items() if k not in ('samples', 'density')}
              for name, r in results.items()}
+  for name, r in results.items():
+    g, f = r['retain']['nats'], r['forget']['nats']
+    summary[name]['frontier'] = frontier.frontier_verdict(g['mean'], f['mean'], g['sem'], f['sem'])
+    if name in seconds:
+      summary[name]['seconds'] = seconds[name]
   utils.atomic_write_text(os.path.join(workdir, 'toy_results.json'),
-                            json.dumps({'config': json.loads(utils.config_to_json(config)), 'results': summary},
-                                       indent=2, default=float))
-  draw_figure(results, data, config, os.path.join(workdir, 'toy_figure.png'), field_time)
+                          json.dumps({'config': json.loads(utils.config_to_json(config)),
+                                      'num_test': {'retain': n_g, 'forget': n_f},
+                                      'num_samples': int(ecfg.eval.num_samples),
+                                      'ode_tol': {'rtol': ecfg.sampling.ode_rtol, 'atol': ecfg.sampling.ode_atol},
+                                      'results': summary},
+                                     indent=2, default=float))
+  draw_figure(results, data, config, os.path.join(workdir, 'toy_figure.png'), field_time, n_g, n_f)
   return md, results
 
 
@@ -236,7 +383,8 @@ def main(argv):
   try:
     tasks = [unlearning.get_method(t).name for t in tasks]
     names = [p.strip() for p in FLAGS.presets.split(',') if p.strip()]
-    md, _ = run_toy(FLAGS.config, FLAGS.workdir, tasks, FLAGS.field_time, FLAGS.progress, names)
+    md, _ = run_toy(FLAGS.config, FLAGS.workdir, tasks, FLAGS.field_time, FLAGS.progress, names, FLAGS.num_test,
+                    FLAGS.num_samples, FLAGS.nll_tol)
   except (ValueError, run_lib.TrainingError, utils.CheckpointError, datasets.DatasetUnavailableError) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)

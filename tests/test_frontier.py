@@ -251,3 +251,61 @@ def test_plot_frontier_error_bars_in_paper_units():
     assert x0 == x1 and abs(y1 - y0) == pytest.approx(2 * 0.2)
   finally:
     plt.close(fig)
+
+
+def _point(a_paper, below_nats, sem_g=0.005, sem_f=0.05):
+  """A hand-made run at D_g ``a_paper`` (paper scale), ``below_nats`` nats under the frontier (nats, SEs)."""
+  g = fr.from_paper_scale(a_paper)
+  return g, fr.max_forget_nll(g) - below_nats, sem_g, sem_f
+
+
+def test_frontier_verdict_below_within_beyond_and_below_the_entropy():
+  se = math.hypot(E4 * 0.005, 0.05) / (2 * math.log(2.))        # the distance's SE, paper scale (0.20)
+  # clearly inside: 5 nats = 3.61 paper units below, far more than 2 SE
+  v = fr.frontier_verdict(*_point(10.70, 5.))
+  assert v['status'] == 'below' and v['text'] == f'{5. / (2 * math.log(2.)):.2f} ± {se:.2f} below'
+  assert v['distance_paper'] == pytest.approx(3.607, abs=1e-3) and v['sem_paper'] == pytest.approx(se)
+  # an interval that crosses the frontier, on either side of it: no signed number
+  for below in (0.3, -0.3):
+    v = fr.frontier_verdict(*_point(10.70, below))
+    assert v['status'] == 'within' and v['text'] == 'on the frontier (within error)'
+  # beyond it by more than 2 SE: flagged
+  v = fr.frontier_verdict(*_point(10.70, -5.))
+  assert v['status'] == 'beyond' and v['text'].startswith('CHECK: 3.61 ± 0.20 beyond the frontier')
+  # a test mean below H(p_g): words, no inf
+  h = fr.entropy_retain()
+  v = fr.frontier_verdict(h - 0.003, 5.0, 0.008, 0.05)
+  assert v['status'] == 'below_entropy' and v['text'] == 'D_g below H(p_g): no cost measurable'
+  assert 'inf' not in v['text']
+  # ... unless D_f is above anything reachable within 2 SE of D_g
+  v = fr.frontier_verdict(h - 0.003, 9.0, 0.008, 0.05)
+  assert v['status'] == 'beyond' and v['text'].startswith('CHECK:') and 'inf' not in v['text']
+  # exactly at H(p_g) the frontier is vertical: within error
+  assert fr.frontier_verdict(h, fr.frontier_end()['nll_f_min'] + 0.1, 0.008, 0.05)['status'] == 'within'
+  # a larger interval (z) turns a resolved distance into "within"
+  assert fr.frontier_verdict(*_point(10.70, 1.), z=2.)['status'] == 'below'
+  assert fr.frontier_verdict(*_point(10.70, 1.), z=5.)['status'] == 'within'
+
+
+def test_plot_frontier_legend_labels_every_run_with_its_verdict():
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  h = fr.entropy_retain()
+  runs = {'inside': _point(10.70, 5.), 'crossing': _point(10.70, 0.3), 'low': (h - 0.003, 5.0, 0.008, 0.05)}
+  fig, ax = plt.subplots()
+  try:
+    fr.plot_frontier(ax, runs, labels='legend', se_bars=2., n=15)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert 'inside: 3.61 ± 0.20 below' in labels
+    assert 'crossing: on the frontier (within error)' in labels
+    assert 'low: D_g below H(p_g): no cost measurable' in labels
+    assert not ax.texts                                    # no annotations to overlap
+    # ±2 SE bars: the D_g bar of 'inside' spans 4 SE on the paper scale
+    segs = [c.get_segments()[0] for c in ax.collections if type(c).__name__ == 'LineCollection']
+    (x0, _), (x1, _) = segs[0]
+    assert x1 - x0 == pytest.approx(4 * 0.005 / (2 * math.log(2.)))
+    with pytest.raises(ValueError, match='labels'):
+      fr.plot_frontier(ax, runs, labels='arrows')
+  finally:
+    plt.close(fig)
