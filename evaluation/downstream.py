@@ -97,10 +97,13 @@ def _prior_draws(config, sde, shape, name, part, positions) -> torch.Tensor:
 
 
 def _save_grid(rows, path):
-  """A PNG of ``rows`` (each [k, C, H, W] in [0, 1]), one row per tensor, written atomically."""
+  """A PNG of ``rows`` (each [n, C, H, W] in [0, 1]), one row per tensor of ``GRID_IMAGES`` images spread
+  evenly over the n (the subsets are in stored order, often sorted by class), written atomically."""
   import torchvision
-  k = rows[0].shape[0]
-  grid = torch.cat([r[:k].detach().cpu().float().clamp(0., 1.) for r in rows])
+  n = rows[0].shape[0]
+  pick = torch.linspace(0, n - 1, min(GRID_IMAGES, n)).round().long()
+  k = len(pick)
+  grid = torch.cat([r[pick].detach().cpu().float().clamp(0., 1.) for r in rows])
   utils.atomic_write(path, lambda f: torchvision.utils.save_image(grid, f, nrow=k, padding=2, format='png'))
 
 
@@ -201,8 +204,8 @@ class Downstream:
       shares[part] = masks_lib.unknown_share(mask)
       entry[part] = self._metrics(restored, x01, y, part, region=~mask)
       name = f'inpaint_{part}_{step}.png'
-      _save_grid([x01[:GRID_IMAGES], torch.where(known, x01, torch.full_like(x01, MASK_FILL))[:GRID_IMAGES],
-                  restored[:GRID_IMAGES]], os.path.join(out_dir, name))
+      _save_grid([x01, torch.where(known, x01, torch.full_like(x01, MASK_FILL)), restored],
+                 os.path.join(out_dir, name))
       grids[part] = name
       kept[part] = (x01, mask, restored)
     entry.update({
@@ -249,7 +252,7 @@ class Downstream:
       restored = _finite(torch.cat(restored), 'reconstructed', part).clamp(0., 1.)
       entry[part] = self._metrics(restored, x01, y, part)
       name = f'reconstruct_{part}_{step}.png'
-      _save_grid([x01[:GRID_IMAGES], restored[:GRID_IMAGES]], os.path.join(out_dir, name))
+      _save_grid([x01, restored], os.path.join(out_dir, name))
       grids[part] = name
       kept[part] = (x01, restored)
     one = torch.ones(1, dtype=torch.float64)
