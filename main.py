@@ -5,6 +5,7 @@
   python main.py --config configs/mnist/mnist5k_small.py --workdir C --mode train_classifier
   python main.py --config configs/toy/gmm2d.py --workdir N --mode train_noisy_classifier
   python main.py --config configs/mnist/mnist5k_small.py --workdir W --mode inpaint   # or reconstruct
+  python main.py --config configs/toy/gmm2d.py --workdir W --task square --mode relearn   # the relearning attack
 
 ``--config.a.b=v`` overrides any config key; an unknown key is an error. ``--task`` takes the readable
 names (standard, unseen, orthogonal, obtuse, erase) or the official ones (normal, no_u, square, norm,
@@ -20,10 +21,11 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration (a configs/*.py file).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Work directory (checkpoints, samples, logs).')
 flags.DEFINE_enum('mode', None, ['train', 'eval', 'train_classifier', 'train_noisy_classifier', 'inpaint',
-                                 'reconstruct'],
+                                 'reconstruct', 'relearn'],
                   'Running mode: train, eval, train_classifier (the Unlearning-Ratio classifier of the data set), '
                   'train_noisy_classifier (D_f against D_g on noisy data, for unlearn.obtuse_form=hole), '
-                  'inpaint or reconstruct (downstream tasks on D_g and D_f test images, docs/downstream.md).')
+                  'inpaint or reconstruct (downstream tasks on D_g and D_f test images, docs/downstream.md), '
+                  'relearn (the relearning attack: fine-tune on k D_f items, Unlearning Ratio per attack step).')
 flags.DEFINE_string('task', 'standard', 'standard|normal, unseen|no_u, orthogonal|square, obtuse|norm, erase.')
 flags.DEFINE_boolean('finetune', False, 'Start from config.training.pretrained instead of from scratch.')
 flags.DEFINE_string('eval_folder', 'eval', 'Folder (inside the work directory) for evaluation results.')
@@ -86,6 +88,10 @@ def run(argv):
       results = evaluation_run.evaluate(config, FLAGS.workdir, FLAGS.task, FLAGS.eval_folder,
                                         progress=FLAGS.progress)
       print(evaluation_run.markdown(results))
+    elif FLAGS.mode == 'relearn':
+      from evaluation import relearn
+      print(relearn.markdown(relearn.run_relearn(config, FLAGS.workdir, FLAGS.task, FLAGS.eval_folder,
+                                                 progress=FLAGS.progress)))
     elif FLAGS.mode in ('inpaint', 'reconstruct'):
       from evaluation import downstream
       results = downstream.evaluate_downstream(

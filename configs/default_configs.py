@@ -200,6 +200,22 @@ def get_base_config():
   vdu.fisher_times = 8
   vdu.variance_floor = 1e-8              # added to each variance (several checkpoints)
 
+  # The relearning attack (--mode relearn; evaluation/relearn.py, docs/evaluation.md): fine-tune the evaluated
+  # model on k D_f training items and measure the Unlearning Ratio after each listed number of attack steps.
+  config.relearn = relearn = ml_collections.ConfigDict()
+  relearn.k = '8,32,128'                 # attacker's D_f training items (nested seeded subsets), comma-separated
+  relearn.steps = '0,50,100,200'         # attack steps after which the UR is measured (strictly increasing, >= 0)
+  relearn.lr = 0.                        # Adam learning rate of the attack; 0 = optim.lr (no warm-up)
+  relearn.batch_size = 32                # items per attack step (at most k)
+  relearn.num_samples = 0                # samples per UR measurement; 0 = eval.num_samples
+  # The loss-based membership-inference test on D_f (eval.enable_mia; evaluation/membership.py).
+  evaluate.enable_mia = False            # --mode eval also writes "membership" (AUC of D_f train vs test items)
+  config.mia = mia = ml_collections.ConfigDict()
+  mia.num_items = 1000                   # items per side (D_f train, D_f test), a seeded subset; 0 = all
+  mia.num_draws = 16                     # fixed (t, z) draws per item, the same for every item and model
+  mia.t_min = 0.05                       # t drawn stratified on [max(eps, t_min), t_max]
+  mia.t_max = 0.3
+
   config.seed = 42
   config.device = 'auto'                 # auto | cpu | cuda | cuda:N
   return config

@@ -9,7 +9,8 @@ as in the official code, or the latest checkpoint when both are 0), with the EMA
     the Unlearning Ratio (share classified as a forget class, Wilson 95% interval, class histogram)
     with the classifier of ``eval.classifier`` (the exact posterior for GMM2D);
   * ``eval.enable_fid``: FID of the samples against the retained test data;
-  * ``eval.enable_loss``: the method's loss on test batches.
+  * ``eval.enable_loss``: the method's loss on test batches;
+  * ``eval.enable_mia``: the loss-based membership test on D_f (``evaluation/membership.py``, ``"membership"``).
 Everything the evaluation needs (checkpoints, classifier, FID network) is checked before anything is
 written. Results: ``W/<eval_folder>/results.json`` (the last checkpoint), ``results_<step>.json`` (each),
 ``results.md``, ``samples_<step>.png``, the per-item NLLs ``nll_items_<step>.npz`` (for ``evaluation.compare``)
@@ -33,6 +34,7 @@ from configs import default_configs
 from evaluation import classifier as classifier_lib
 from evaluation import downstream
 from evaluation import fid as fid_lib
+from evaluation import membership as membership_lib
 from evaluation import nll as nll_lib
 from evaluation import nll_items
 from evaluation import unlearning_ratio as ur_lib
@@ -134,6 +136,11 @@ def markdown(results):
   if nats:
     for part in ('retain', 'forget'):
       lines.append(f"| NLL {part} nats | {nats[part]['mean']:.4f} ± {nats[part]['sem'] or 0:.4f} |")
+  mia = results.get('membership')
+  if mia:
+    se = f" ± {mia['se']:.3f}" if mia.get('se') is not None else ''
+    lines.append(f"| membership AUC on D_f (0.5: not recognisable) | {mia['auc']:.3f}{se} "
+                 f"({mia['n_member']} train vs {mia['n_nonmember']} test items) |")
   fid = results.get('fid')
   if fid:
     lines.append(f"| FID of D_g (↓) | {fid['value']:.3f} ({fid['backend']}, {fid['num_samples']} samples) |")
@@ -172,6 +179,10 @@ def evaluate(config, workdir, task='standard', eval_folder='eval', progress=True
     split = data.split(ev.bpd_dataset)
     if not len(split.retain) or not len(split.forget):
       raise EvaluationError(f'the {ev.bpd_dataset} split has an empty D_g or D_f: nothing to measure')
+  if ev.enable_mia:
+    membership_lib.get_settings(config, sde)
+    if not len(data.train.forget) or not len(data.test.forget):
+      raise EvaluationError('eval.enable_mia needs D_f items in both the training and the test split')
   # eval.inpaint / eval.reconstruct: checked and loaded here, run per checkpoint (evaluation/downstream.py)
   downstream_tasks = downstream.prepare_for_eval(config, data, sde, device, classifier, features_fn)
 
@@ -230,6 +241,9 @@ def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features
         if not data.is_image:
           results['nll_nats'] = {part: nll[part]['nats'] for part in nll}
         nll_items.save_items(os.path.join(out_dir, nll_items.items_filename(step)), nll)
+      if ev.enable_mia:
+        with _failure_names(path, 'the membership test'):
+          results['membership'] = membership_lib.membership(config, model, sde, data, device)
       if sampling_on:
         with _failure_names(path, 'sampling'):
           samples, nfe = generate_samples(config, sde, model, data.shape, inverse, device, progress)
@@ -303,6 +317,8 @@ def _scalars(results):
     out['bpd_forget'] = results['nll_bpd']['forget']['mean']
   if results.get('fid'):
     out['fid'] = results['fid']['value']
+  if results.get('membership'):
+    out['mia_auc'] = results['membership']['auc']
   if results.get('loss'):
     out['eval_loss'] = results['loss']['loss']
   return out
