@@ -64,6 +64,7 @@ def get_base_config():
   evaluate.fid_weights = ''
   evaluate.fid_num_samples = 0           # 0 = eval.num_samples
   evaluate.fid_split = 'test'            # the split whose D_g gives the FID reference statistics
+  evaluate.fid_num_reference = 0         # reference images of that D_g (0 = all; fewer: quick checks only)
   evaluate.classifier_epochs = 0         # --mode train_classifier settings (0 = the classifier's defaults)
   evaluate.classifier_batch_size = 0
   evaluate.classifier_lr = 0.

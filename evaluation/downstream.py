@@ -147,7 +147,7 @@ class Downstream:
     if self.features_fn is None:
       return None
     return fid_lib.fid_of_samples(images, self.data, self.features_fn, fid_lib.default_cache_dir(self.config),
-                                  'test', 'retain', progress=False)
+                                  'test', 'retain', int(self.config.eval.get('fid_num_reference', 0)), progress=False)
 
   def clean(self) -> dict:
     """The Clean column: classifier accuracy on the original images of each part, FID of the original D_g

@@ -261,7 +261,8 @@ def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features
         if features_fn is not None:
           k = int(ev.fid_num_samples) or len(samples)
           results['fid'] = fid_lib.fid_of_samples(samples[:k], data, features_fn, fid_lib.default_cache_dir(config),
-                                                  ev.fid_split, 'retain', progress=progress)
+                                                  ev.fid_split, 'retain', int(ev.fid_num_reference),
+                                                  progress=progress)
         if keep_samples:
           results['samples'] = samples
       if downstream_tasks is not None:

@@ -1,13 +1,15 @@
 """The paper's 2-D toy (its first table): Standard, Unseen, Orthogonal and Obtuse on the Gaussian mixture.
 
   python -m experiments.toy_gmm2d --workdir runs/toy [--tasks standard,unseen,orthogonal,obtuse]
-      [--presets toy-best,toy-ratio] [--num_test 5000] [--num_samples 1000] [--config configs/toy/gmm2d.py]
+      [--presets toy-best,toy-ratio] [--methods all] [--method_steps 2000] [--num_test 5000]
+      [--num_samples 1000] [--config configs/toy/gmm2d.py]
       [--config.training.n_iters=...]
 
 Trains one model per task in ``W/<task>/`` and one per preset (declared by the method modules) in
 ``W/<preset>/`` (a preset that needs a reference model gets the Unseen run of ``W/unseen/``, and one that
-needs a noisy classifier gets ``W/noisy_classifier/``, each trained first if needed; a finished run is
-reused, an interrupted one resumed), evaluates the NLL of the same ``--num_test`` held-out D_g and D_f test
+needs a noisy classifier gets ``W/noisy_classifier/``, each trained first if needed), and one per
+``--methods`` method in ``W/ft-<method>/``, fine-tuning the Standard run with the method's defaults (a
+finished run is reused, an interrupted one resumed), evaluates the NLL of the same ``--num_test`` held-out D_g and D_f test
 points for every row with the probability-flow ODE (exact divergence), draws ``--num_samples`` samples of
 each, and writes ``W/toy_table.md``, ``W/toy_table.csv``, ``W/toy_results.json`` and ``W/toy_figure.png``
 (samples and score field of each model beside the true and retain-only densities, and every run against
@@ -54,6 +56,10 @@ def define_flags():
                        '0 keeps the config\'s.')
   flags.DEFINE_integer('num_samples', NUM_SAMPLES, 'Samples drawn from each model (sample statistics, figure); '
                        'replaces config.eval.num_samples; 0 keeps the config\'s.')
+  flags.DEFINE_string('methods', '', 'Comma-separated methods of unlearning/ (or all: every one but standard and '
+                      'unseen) that each fine-tune W/standard for --method_steps steps with their defaults, in '
+                      'W/ft-<method>; rows "<method> (ft)".')
+  flags.DEFINE_integer('method_steps', METHOD_STEPS, 'Fine-tuning steps of each --methods run.')
   flags.DEFINE_float('field_time', 0.05, 'Time t at which the score fields are drawn.')
   flags.DEFINE_boolean('progress', True, 'Show progress bars.')
 
@@ -64,6 +70,8 @@ def define_flags():
 NUM_TEST = 5000
 #: samples per model for the sample statistics and the figure.
 NUM_SAMPLES = 1000
+#: fine-tuning steps of each ``--methods`` run (a quarter of the toy's 8,000 training steps).
+METHOD_STEPS = 2000
 
 # The paper's toy table (its scale): D_g and D_f NLL of each model; the MSGM column is listed for both forms.
 PAPER = {'standard': (10.91, 10.73), 'unseen': (10.63, 11.59), 'orthogonal': (10.64, 39.01),
@@ -328,10 +336,37 @@ def preset_runs(config, workdir, names, progress=True):
   return runs
 
 
-def run_toy(config, workdir, tasks, field_time=0.05, progress=True, preset_names=(), num_test=0, num_samples=0):
-  """Trains (or reuses) each task's and each preset's run, evaluates all of them on the same test points,
-  writes the table and the figure. ``num_test`` (test points, D_g and D_f together) and ``num_samples``
-  (samples per model) replace the config's for the evaluation where > 0; training is unchanged."""
+def method_runs(config, workdir, names, steps, progress=True):
+  """``[(row name, method, config, run dir)]``: each method fine-tunes the Standard run ``W/standard``
+  (trained here first if needed) for ``steps`` steps with its defaults."""
+  if not names:
+    return []
+  standard = os.path.join(workdir, 'standard')
+  run_lib.train(copy.deepcopy(config), standard, 'standard', progress=progress)
+  pretrained = run_lib.latest_checkpoint(standard)[0]
+  runs = []
+  for name in names:
+    cfg = copy.deepcopy(config)
+    t = cfg.training
+    t.pretrained, t.n_iters, t.snapshot_freq = pretrained, int(steps), int(steps)
+    t.snapshot_freq_for_preemption = min(int(t.snapshot_freq_for_preemption), int(steps))
+    runs.append((f'{name} (ft)', name, cfg, os.path.join(workdir, f'ft-{name}')))
+  return runs
+
+
+def method_names(spec, tasks=()):
+  """``--methods``: comma-separated names, or ``all`` (every registered method but standard and unseen)."""
+  if spec.strip() == 'all':
+    return [m.name for m in unlearning.registered() if m.name not in ('standard', 'unseen')]
+  return [unlearning.get_method(n.strip()).name for n in spec.split(',') if n.strip()]
+
+
+def run_toy(config, workdir, tasks, field_time=0.05, progress=True, preset_names=(), num_test=0, num_samples=0,
+            methods=(), method_steps=METHOD_STEPS):
+  """Trains (or reuses) each task's, each preset's and each fine-tuning method's run, evaluates all of them
+  on the same test points, writes the table and the figure. ``num_test`` (test points, D_g and D_f together)
+  and ``num_samples`` (samples per model) replace the config's for the evaluation where > 0; training is
+  unchanged."""
   os.makedirs(workdir, exist_ok=True)
   ecfg = evaluation_config(config, num_test, num_samples)
   data = datasets.get_dataset(ecfg, evaluation=True)
@@ -340,9 +375,10 @@ def run_toy(config, workdir, tasks, field_time=0.05, progress=True, preset_names
   results = analytic_rows(data, ecfg.eval.num_samples)
   seconds = {}
   runs = [(task, task, config, os.path.join(workdir, task)) for task in tasks]
-  for name, task, cfg, run_dir in runs + preset_runs(config, workdir, preset_names, progress):
+  fine_tuned = method_runs(config, workdir, methods, method_steps, progress)
+  for name, task, cfg, run_dir in runs + preset_runs(config, workdir, preset_names, progress) + fine_tuned:
     start = time.time()
-    run_lib.train(cfg, run_dir, task, progress=progress)
+    run_lib.train(cfg, run_dir, task, finetune=bool(cfg.training.pretrained), progress=progress)
     mid = time.time()
     results[name] = evaluate_run(cfg, run_dir, task, data, progress, num_test, num_samples)
     seconds[name] = {'train': mid - start, 'evaluate': time.time() - mid}
@@ -378,7 +414,7 @@ def main(argv):
     tasks = [unlearning.get_method(t).name for t in tasks]
     names = [p.strip() for p in FLAGS.presets.split(',') if p.strip()]
     md, _ = run_toy(FLAGS.config, FLAGS.workdir, tasks, FLAGS.field_time, FLAGS.progress, names, FLAGS.num_test,
-                    FLAGS.num_samples)
+                    FLAGS.num_samples, method_names(FLAGS.methods), FLAGS.method_steps)
   except (ValueError, run_lib.TrainingError, utils.CheckpointError, datasets.DatasetUnavailableError) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)

@@ -31,7 +31,7 @@ def readme_commands():
     for line in block.replace('\\\n', ' ').splitlines():
       line = line.strip()
       if line.startswith('python3 main.py'):
-        commands.append(shlex.split(line)[2:])
+        commands.append(shlex.split(line, comments=True)[2:])
   return commands
 
 

@@ -430,3 +430,17 @@ def test_the_docs_table_lists_every_method_as_registered():
   assert unlearning.methods_table() in text
   assert set(METHODS) >= {'standard', 'unseen', 'finetune', 'orthogonal', 'obtuse', 'erase', 'neggrad', 'salun',
                           'sa', 'erasediff', 'siss', 'vdu'}
+
+
+def test_toy_job_places_fine_tuning_methods_beside_the_tasks(tmp_path):
+  from experiments import toy_gmm2d
+  config = toy(20)
+  md, results = toy_gmm2d.run_toy(config, str(tmp_path), ['standard'], progress=False, num_test=100, num_samples=50,
+                                  methods=['neggrad', 'vdu'], method_steps=5)
+  assert {'standard', 'neggrad (ft)', 'vdu (ft)'} <= set(results)
+  assert '| neggrad (ft) |' in md and '| vdu (ft) |' in md
+  for name in ('neggrad', 'vdu'):   # each fine-tuned the Standard run for 5 steps
+    ckpt = utils.load_file(tmp_path / f'ft-{name}' / 'checkpoints-meta' / 'checkpoint.pth')
+    assert ckpt['step'] == 5
+  assert toy_gmm2d.method_names('all') == [m for m in METHODS if m not in ('standard', 'unseen')]
+  assert (tmp_path / 'toy_figure.png').exists()

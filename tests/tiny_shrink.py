@@ -19,6 +19,7 @@ def shrink(config, data_root):
   e = config.eval
   e.num_samples, e.batch_size, e.bpd_num_samples, e.fid_num_samples, e.fid_num_reference = 8, 8, 4, 8, 8
   e.classifier_epochs, e.classifier_batch_size = 1, 64
+  e.downstream_num_images = 8
   config.sampling.ode_rtol = config.sampling.ode_atol = 1e-2
   config.device = 'cpu'
   return config
