@@ -376,7 +376,8 @@ class DataBundle:
 def get_data_iterator(dataset: Dataset, batch_size: int, seed: int, shuffle: bool = True,
                       drop_last: bool = True, infinite: bool = True, num_workers: int = 0,
                       random_flip: bool = False, uniform_dequantization: bool = False,
-                      start_step: int = 0) -> Iterator:
+                      start_step: int = 0, shard: Optional[Tuple[int, int]] = None,
+                      pin_memory: bool = False) -> Iterator:
   """Yields batches ``(x [B, ...] float32, y [B] or [B, A] int64)``.
 
   Epoch ``e`` visits the data in the order ``randperm`` seeded from ``(seed, e)`` (or in order, when
@@ -386,10 +387,23 @@ def get_data_iterator(dataset: Dataset, batch_size: int, seed: int, shuffle: boo
   a fresh iterator yields after ``k`` batches (resuming a run). ``infinite=False``: one epoch (the
   first; ``start_step`` then skips into it). ``num_workers > 0`` loads lazily stored data (CelebA,
   image folders) with a ``DataLoader``; in-memory data are sliced directly, whatever ``num_workers``.
+
+  ``shard=(rank, world)`` (a torchrun group): the batches are the same, but this process loads only its rows
+  ``[rank·B/K, (rank + 1)·B/K)`` (with the flips and dequantisation noise the whole batch gets) and the other
+  rows are zeros, so that draws made for the batch's shape are the same in every process
+  (``runtime.StepEngine``); needs ``drop_last`` and B divisible by K. ``pin_memory``: batches in pinned
+  host memory (for non-blocking copies to a GPU).
   """
   n = len(dataset)
   if batch_size < 1:
     raise ValueError(f'batch_size must be positive, got {batch_size}')
+  if shard is not None and shard[1] > 1:
+    if not drop_last:
+      raise ValueError('a sharded iterator needs drop_last=True (every batch of the same size)')
+    if batch_size % shard[1]:
+      raise ValueError(f'a batch of {batch_size} cannot be split evenly over {shard[1]} processes')
+  else:
+    shard = None
   if start_step < 0:
     raise ValueError(f'start_step must be >= 0, got {start_step}')
   per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
@@ -399,17 +413,40 @@ def get_data_iterator(dataset: Dataset, batch_size: int, seed: int, shuffle: boo
                        '(with drop_last)' if n else 'the data set is empty')
     return iter(())
   return _batches(dataset, batch_size, seed, shuffle, per_epoch, infinite, num_workers, random_flip,
-                  uniform_dequantization, start_step)
+                  uniform_dequantization, start_step, shard, pin_memory)
+
+
+def _augment_rows(x, g, full, lo, flip, dequantize):
+  """Rows ``[lo, lo + len(x))`` of a batch of ``full`` rows, flipped and dequantised with the draws of the
+  whole batch (the same values as ``random_horizontal_flip`` and ``uniform_dequantize`` give those rows)."""
+  b = x.shape[0]
+  if flip:
+    if x.ndim != 4:
+      raise ValueError(f'random_horizontal_flip expects images [B, C, H, W], got shape {tuple(x.shape)}')
+    mask = (torch.rand(full, generator=g, device=g.device) < 0.5)[lo:lo + b].to(x.device)
+    x = torch.where(mask[:, None, None, None], x.flip(-1), x)
+  if dequantize:
+    u = torch.rand((full,) + tuple(x.shape[1:]), generator=g, device=g.device, dtype=torch.float32)[lo:lo + b]
+    x = (x * 255. + u.to(device=x.device, dtype=x.dtype)) / 256.
+  return x
+
+
+def _pad_rows(t, full, lo):
+  """``t`` [b, ...] placed at rows ``[lo, lo + b)`` of zeros ``[full, ...]``."""
+  out = t.new_zeros((full,) + tuple(t.shape[1:]))
+  out[lo:lo + t.shape[0]] = t
+  return out
 
 
 def _batches(dataset, batch_size, seed, shuffle, per_epoch, infinite, num_workers, random_flip,
-             uniform_dequantization, start_step) -> Iterator:
+             uniform_dequantization, start_step, shard=None, pin_memory=False) -> Iterator:
   """The generator behind ``get_data_iterator`` (whose arguments are checked already)."""
   n = len(dataset)
   epoch, skip = divmod(start_step, per_epoch)
   if not infinite and epoch > 0:
     return
   batch_access = _has_batch_access(dataset)
+  lo = 0 if shard is None else shard[0] * (batch_size // shard[1])
   while True:
     if shuffle:
       order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, 'order', epoch)))
@@ -417,6 +454,8 @@ def _batches(dataset, batch_size, seed, shuffle, per_epoch, infinite, num_worker
       order = torch.arange(n)
     batches = list(order[:per_epoch * batch_size].split(batch_size))
     batches = batches[skip:]
+    if shard is not None:
+      batches = [idx[lo:lo + batch_size // shard[1]] for idx in batches]
     if batch_access:
       loaded = (dataset.get_batch(idx) for idx in batches)
     elif num_workers > 0:
@@ -427,10 +466,17 @@ def _batches(dataset, batch_size, seed, shuffle, per_epoch, infinite, num_worker
     for b, (x, y) in enumerate(loaded, start=skip):
       if random_flip or uniform_dequantization:
         g = torch.Generator().manual_seed(derive_seed(seed, 'augment', epoch, b))
-        if random_flip:
-          x = random_horizontal_flip(x, g)
-        if uniform_dequantization:
-          x = uniform_dequantize(x, g)
+        if shard is not None:
+          x = _augment_rows(x, g, batch_size, lo, random_flip, uniform_dequantization)
+        else:
+          if random_flip:
+            x = random_horizontal_flip(x, g)
+          if uniform_dequantization:
+            x = uniform_dequantize(x, g)
+      if shard is not None:
+        x, y = _pad_rows(x, batch_size, lo), _pad_rows(torch.as_tensor(y), batch_size, lo)
+      if pin_memory:
+        x = x.pin_memory()
       yield x, y
     if not infinite:
       return

@@ -30,12 +30,40 @@ from configs import default_configs
 
 
 def get_optimizer(config, params):
-  """The optimiser named by ``config.optim.optimizer`` (only Adam, as in the official code)."""
+  """The optimiser named by ``config.optim.optimizer`` (only Adam, as in the official code); ``optim.fused``
+  takes PyTorch's fused kernel (one kernel for all parameters; CUDA, and the CPU in recent PyTorch), and a
+  device without it is refused with one line."""
   config = default_configs.with_defaults(config)
   if config.optim.optimizer != 'Adam':
     raise ValueError(f"unknown optimizer '{config.optim.optimizer}'; valid: Adam")
-  return optim.Adam(params, lr=config.optim.lr, betas=(config.optim.beta1, 0.999), eps=config.optim.eps,
-                    weight_decay=config.optim.weight_decay, amsgrad=config.optim.get('amsgrad', False))
+  fused = {'fused': True} if config.optim.get('fused', False) else {}
+  try:
+    return optim.Adam(params, lr=config.optim.lr, betas=(config.optim.beta1, 0.999), eps=config.optim.eps,
+                      weight_decay=config.optim.weight_decay, amsgrad=config.optim.get('amsgrad', False), **fused)
+  except RuntimeError as e:
+    if not fused:
+      raise
+    raise ValueError(f"optim.fused=True: this PyTorch has no fused Adam for these parameters "
+                     f"({' '.join(str(e).split())[:160]}); set optim.fused=False") from None
+
+
+def keep_optimizer_options(optimizer, restore):
+  """Runs ``restore()`` (which loads a saved optimizer state) and keeps this optimizer's implementation
+  options (``fused``, ``foreach``, ``capturable``: how it runs, not what it computes), so that a checkpoint
+  written with other options resumes with these; the step counters go where the implementation wants them
+  (on the parameter's device for fused/capturable, on the CPU otherwise)."""
+  keys = ('fused', 'foreach', 'capturable')
+  options = [{k: g[k] for k in keys if k in g} for g in optimizer.param_groups]
+  out = restore()
+  for group, opts in zip(optimizer.param_groups, options):
+    group.update(opts)
+    on_device = bool(opts.get('fused')) or bool(opts.get('capturable'))
+    for p in group['params']:
+      st = optimizer.state.get(p, {})
+      step = st.get('step')
+      if torch.is_tensor(step):
+        st['step'] = step.to(device=p.device, dtype=torch.float32) if on_device else step.to('cpu')
+  return out
 
 
 def optimization_manager(config):

@@ -10,6 +10,13 @@
 ``--config.a.b=v`` overrides any config key; an unknown key is an error. ``--task`` takes the readable
 names (standard, unseen, orthogonal, obtuse, erase) or the official ones (normal, no_u, square, norm,
 erase). Bad input ends with one error line and exit status 1.
+
+Several processes (DistributedDataParallel; NCCL on GPUs, gloo on CPUs) for ``--mode train`` and ``eval``:
+
+  torchrun --nproc_per_node=K main.py --config ... --workdir W --mode train
+  torchrun --nnodes=N --node_rank=i --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT --nproc_per_node=K main.py ...
+
+Rank 0 writes the files and prints the error line of a refused run.
 """
 import sys
 
@@ -74,6 +81,7 @@ def run(argv):
 
   import datasets
   import run_lib
+  import runtime
   import unlearning
   import utils
   from unlearning import noisy_classifier
@@ -81,14 +89,24 @@ def run(argv):
 
   expected = (ValueError, FileNotFoundError, run_lib.TrainingError, utils.CheckpointError, utils.WriteError,
               utils.WorkdirBusyError, datasets.DatasetUnavailableError)
+  grouped = runtime.launched_world_size() > 1
+  if grouped and FLAGS.mode not in ('train', 'eval'):
+    error_exit(f'--mode {FLAGS.mode} runs in one process: start it without torchrun (torchrun is for --mode train '
+               'and eval)')
   try:
+    if grouped:
+      runtime.init_distributed(config.device)
+      if not runtime.is_main_process():
+        logging.set_verbosity(logging.ERROR)   # rank 0 logs for the group
+        FLAGS.progress = False
     unlearning.get_method(FLAGS.task)
     if FLAGS.mode == 'train':
       run_lib.train(config, FLAGS.workdir, FLAGS.task, FLAGS.finetune, progress=FLAGS.progress)
     elif FLAGS.mode == 'eval':
       results = evaluation_run.evaluate(config, FLAGS.workdir, FLAGS.task, FLAGS.eval_folder,
                                         progress=FLAGS.progress)
-      print(evaluation_run.markdown(results))
+      if runtime.is_main_process():
+        print(evaluation_run.markdown(results))
     elif FLAGS.mode == 'relearn':
       from evaluation import relearn
       print(relearn.markdown(relearn.run_relearn(config, FLAGS.workdir, FLAGS.task, FLAGS.eval_folder,
@@ -121,13 +139,22 @@ def run(argv):
       finally:
         utils.remove_if_unused(FLAGS.workdir, created)
       print(f"classifier written to {path}: test accuracy {meta['test_accuracy']:.4f}, sha256 {meta['sha256']}")
+  except runtime.GroupAbort:
+    sys.exit(1)   # another process of the group failed and reported it
   except expected as e:
-    error_exit(' '.join(str(e).split()) if '\n' in str(e) else str(e))
+    if not runtime.reports_here(e):
+      sys.exit(1)   # rank 0 met the same and reports it
+    where = '' if runtime.is_main_process() else f'[rank {runtime.rank()}] '
+    error_exit(where + (' '.join(str(e).split()) if '\n' in str(e) else str(e)))
   except OSError as e:
-    error_exit(f'{e.filename or FLAGS.workdir}: {e.strerror or e} (check the path, its permissions and free space)')
+    where = '' if runtime.is_main_process() else f'[rank {runtime.rank()}] '
+    error_exit(f'{where}{e.filename or FLAGS.workdir}: {e.strerror or e} (check the path, its permissions and free '
+               'space)')
   except KeyboardInterrupt:
     print('interrupted; run the same command again to resume from the last checkpoint', file=sys.stderr)
     sys.exit(130)
+  finally:
+    runtime.close_distributed()
 
 
 if __name__ == '__main__':

@@ -28,6 +28,7 @@ import sde_lib
 import unlearning
 import utils
 from configs import default_configs
+import runtime
 from runtime import (add_log_file, is_main_process, log_to_file, resolve_device, rng_state, seed_everything,
                      set_rng_state)
 from train_state import create_state, load_ema_model
@@ -121,7 +122,7 @@ def _start_state(config, workdir, finetune, device):
   state = create_state(config, device)
   meta = os.path.join(workdir, 'checkpoints-meta', 'checkpoint.pth')
   if os.path.exists(meta):
-    utils.restore_checkpoint(meta, state, device)
+    losses.keep_optimizer_options(state['optimizer'], lambda: utils.restore_checkpoint(meta, state, device))
     logging.info('resuming from %s at step %d', meta, state['step'])
     return state, 'resumed'
   if finetune:
@@ -148,18 +149,26 @@ def train(config, workdir, task='standard', finetune=False, progress=True):
   ``datasets.DatasetUnavailableError``, ``ValueError``) on bad input, before anything is written; a
   refused start leaves no new work directory behind. A non-finite loss or weights stop the run without
   writing them.
+
+  Under torchrun (a ``torch.distributed`` group of K processes; ``runtime.init_distributed``) every process
+  takes its rows of each batch — the batches, and the draws of t and z, are those of one process with
+  the config's (global) batch size — and the gradients are averaged once per step (DDP), so the weights
+  follow the single-process run (to float tolerance) and the checkpoints are the same files: a run
+  resumes with any number of processes. Rank 0 holds the lock for the group and writes everything (log,
+  TensorBoard, checkpoints, samples, train_stats.json); a refusal on any process stops all of them.
   """
-  config = default_configs.with_defaults(config)
-  method = unlearning.get_method(task)
-  unlearning.apply_preset(config, method)
-  _check_config(config)
   main = is_main_process()
-  created = utils.make_run_folder(workdir)
-  lock = utils.FolderLock(workdir, 'training run') if main else contextlib.nullcontext()
-  handler, ok = None, False
+  created, handler, ok = False, None, False
+  held = contextlib.ExitStack()
   try:
-    with lock:
+    with runtime.together():
+      config = default_configs.with_defaults(config)
+      method = unlearning.get_method(task)
+      unlearning.apply_preset(config, method)
+      _check_config(config)
       if main:
+        created = utils.make_run_folder(workdir)
+        held.enter_context(utils.FolderLock(workdir, 'training run'))
         folders = [workdir, os.path.join(workdir, 'checkpoints'), os.path.join(workdir, 'checkpoints-meta')]
         samples = os.path.join(workdir, 'samples')
         if os.path.isdir(samples):
@@ -167,14 +176,15 @@ def train(config, workdir, task='standard', finetune=False, progress=True):
         handler = add_log_file(workdir)
         for path in utils.remove_tmp_files(folders):
           logging.info('removed %s, left by an interrupted save', path)
-      try:
-        state = _train(config, workdir, method, finetune, progress and main, main)
-        ok = True
-        return state
-      except Exception as e:
-        log_to_file(handler, str(e))
-        raise
+    try:
+      state = _train(config, workdir, method, finetune, progress and main, main)
+      ok = True
+      return state
+    except Exception as e:
+      log_to_file(handler, str(e))
+      raise
   finally:
+    held.close()
     if handler is not None:
       logging.get_absl_logger().removeHandler(handler)
       handler.close()
@@ -182,73 +192,100 @@ def train(config, workdir, task='standard', finetune=False, progress=True):
       utils.remove_if_unused(workdir, created)
 
 
+def _stop(message):
+  """A ``TrainingError`` on rank 0, which reports it; ``GroupAbort`` on the other processes of a group."""
+  return TrainingError(message) if is_main_process() else runtime.GroupAbort(message)
+
+
 def _train(config, workdir, method, finetune, progress, main):
   setup_started = time.time()
-  device = resolve_device(config.device)
-  seed_everything(config.seed)
-  sde = sde_lib.get_sde(config)
-  data = datasets.get_dataset(config)
-  official = f' (official name {method.official_name})' if method.official_name else ''
-  logging.info('task %s%s; %s', method.name, official, data.describe())
-
-  # Build everything that can refuse bad input before anything is written.
   tc = config.training
-  if method.forget_data and len(data.train.forget) == 0:
-    raise TrainingError(f'task {method.name} needs forget data, but D_f is empty')
-  scaler = datasets.get_data_scaler(config)
-  inverse_scaler = datasets.get_data_inverse_scaler(config)
-  sampling_fn = None
-  if tc.snapshot_sampling:
-    n = min(int(config.training.get('snapshot_num_samples', 64)), 4096)
-    sampling_fn = sampling.get_sampling_fn(config, sde, (n,) + tuple(data.shape), inverse_scaler,
-                                           sampling_eps(config, sde))
-  state, how = _start_state(config, workdir, finetune, device)
-  objective = unlearning.build_objective(method, config, sde, data, device, state['model'], True, how,
-                                         workdir if main else None, int(state['step']))
-  eval_objective = unlearning.build_objective(method, config, sde, data, device, state['model'], False, 'eval')
-  step_fn = unlearning.get_step_fn(objective, True, losses.optimization_manager(config))
-  eval_step_fn = unlearning.get_step_fn(eval_objective, False)
-  if how != 'resumed':
-    state['rng'] = None
-  elif state.get('rng') is not None:
-    set_rng_state(state['rng'])
+  world = runtime.world_size()
+  # Build everything that can refuse bad input before anything is written (on every process: a refusal on
+  # one stops all of them, after this block).
+  with runtime.together():
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    sde = sde_lib.get_sde(config)
+    data = datasets.get_dataset(config)
+    official = f' (official name {method.official_name})' if method.official_name else ''
+    logging.info('task %s%s; %s', method.name, official, data.describe())
+    speed = runtime.check_speed_options(config, device, data.is_image)
+    if method.forget_data and len(data.train.forget) == 0:
+      raise TrainingError(f'task {method.name} needs forget data, but D_f is empty')
+    scaler = datasets.get_data_scaler(config)
+    inverse_scaler = datasets.get_data_inverse_scaler(config)
+    sampling_fn = None
+    if tc.snapshot_sampling:
+      n = min(int(config.training.get('snapshot_num_samples', 64)), 4096)
+      sampling_fn = sampling.get_sampling_fn(config, sde, (n,) + tuple(data.shape), inverse_scaler,
+                                             sampling_eps(config, sde))
+    state, how = _start_state(config, workdir, finetune, device)
+    objective = unlearning.build_objective(method, config, sde, data, device, state['model'], True, how, workdir,
+                                           int(state['step']))
+    eval_objective = unlearning.build_objective(method, config, sde, data, device, state['model'], False, 'eval')
+    if speed['precision'] == 'fp16' and objective.manual_backward:
+      raise TrainingError(f"training.precision='fp16' cannot scale the gradients that --task {method.name} combines "
+                          "itself; use 'bf16' or 'fp32'")
+    eval_step_fn = unlearning.get_step_fn(eval_objective, False)
+    if how != 'resumed':
+      state['rng'] = None
+    elif state.get('rng') is not None:
+      set_rng_state(state['rng'], device)
 
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-  meta_path = os.path.join(workdir, 'checkpoints-meta', 'checkpoint.pth')
+    ckpt_dir = os.path.join(workdir, 'checkpoints')
+    meta_path = os.path.join(workdir, 'checkpoints-meta', 'checkpoint.pth')
 
-  retain_part = method.retain_data          # 'full', 'retain', or 'none' (D_g is never read)
-  uses_retain = step_fn.needs_retain_batch and retain_part != 'none'
-  data_seed = datasets.derive_seed(config.seed, 'train', method.name)
-  # The forget iterator advances only on forget steps, so its position is the number of forget steps so far.
-  start = int(state['step'])
-  forget_done = sum(step_fn.needs_forget_batch(s) for s in range(start)) if method.forget_data else 0
+    retain_part = method.retain_data          # 'full', 'retain', or 'none' (D_g is never read)
+    uses_retain = objective.needs_retain_batch and retain_part != 'none'
+    data_seed = datasets.derive_seed(config.seed, 'train', method.name)
+    # The forget iterator advances only on forget steps, so its position is the number of forget steps so far.
+    start = int(state['step'])
+    forget_done = sum(objective.needs_forget_batch(s) for s in range(start)) if method.forget_data else 0
 
-  def batch_size(part, wanted):
-    n = len(data.train.part(part))
-    if 0 < n < wanted:
-      logging.warning('the %s training data has %d items, fewer than a batch of %d: using batches of %d',
-                      part, n, wanted, n)
-    return min(wanted, n) if n else wanted
+    def batch_size(part, wanted):
+      n = len(data.train.part(part))
+      if 0 < n < wanted:
+        logging.warning('the %s training data has %d items, fewer than a batch of %d: using batches of %d',
+                        part, n, wanted, n)
+      size = min(wanted, n) if n else wanted
+      if size % world:
+        raise TrainingError(f'under torchrun each batch is split evenly over the {world} processes, but the {part} '
+                            f'batch has {size} items: make training.batch_size and batch_size_un multiples of {world}')
+      return size
 
-  retain_iter = data.iterator('train', retain_part, batch_size(retain_part, tc.batch_size), data_seed,
-                              start_step=start, num_workers=tc.num_workers) if uses_retain else None
-  forget_iter = None
-  if method.forget_data:
-    forget_iter = data.iterator('train', 'forget', batch_size('forget', tc.batch_size_un),
-                                datasets.derive_seed(data_seed, 'forget'),
-                                start_step=forget_done, num_workers=tc.num_workers)
-  # Evaluation draws its batches and noise from its own streams, so it never shifts the training RNG.
-  evals_done = start // tc.eval_freq if tc.eval_freq > 0 else 0
-  eval_iter = data.iterator('test', retain_part, tc.batch_size, datasets.derive_seed(config.seed, 'eval'),
-                            random_flip=False, uniform_dequantization=False, drop_last=False,
-                            start_step=evals_done) if uses_retain else None
-  eval_forget_iter = None
-  if method.forget_data and len(data.test.forget) > 0:
-    eval_forget_iter = data.iterator('test', 'forget', tc.batch_size_un, datasets.derive_seed(config.seed, 'eval-f'),
-                                     random_flip=False, uniform_dequantization=False, drop_last=False,
-                                     start_step=evals_done)
+    # Training batches: the same on every process; a process of a group loads only its rows (datasets' shard).
+    loading = dict(num_workers=speed['num_workers'], shard=runtime.shard(), pin_memory=speed['pin_memory'])
+    sizes = []
+    retain_iter = forget_iter = None
+    if uses_retain:
+      sizes.append(('', batch_size(retain_part, tc.batch_size)))
+      retain_iter = data.iterator('train', retain_part, sizes[-1][1], data_seed, start_step=start, **loading)
+    if method.forget_data:
+      sizes.append(('forget ', batch_size('forget', tc.batch_size_un)))
+      forget_iter = data.iterator('train', 'forget', sizes[-1][1], datasets.derive_seed(data_seed, 'forget'),
+                                  start_step=forget_done, **loading)
+    # Evaluation draws its batches and noise from its own streams, so it never shifts the training RNG.
+    evals_done = start // tc.eval_freq if tc.eval_freq > 0 else 0
+    eval_iter = data.iterator('test', retain_part, tc.batch_size, datasets.derive_seed(config.seed, 'eval'),
+                              random_flip=False, uniform_dequantization=False, drop_last=False,
+                              start_step=evals_done) if uses_retain else None
+    eval_forget_iter = None
+    if method.forget_data and len(data.test.forget) > 0:
+      eval_forget_iter = data.iterator('test', 'forget', tc.batch_size_un, datasets.derive_seed(config.seed, 'eval-f'),
+                                       random_flip=False, uniform_dequantization=False, drop_last=False,
+                                       start_step=evals_done)
 
-  # Everything was accepted: from here on the run writes into the work directory.
+  # Every process accepted the run: from here on rank 0 writes into the work directory.
+  engine = None
+  if runtime.needs_engine(config):
+    engine = runtime.StepEngine(state['model'], device, speed['precision'], speed['channels_last'], speed['compile'],
+                                config.seed, state['optimizer'])
+  objective.synchronize()
+  step_fn = unlearning.get_step_fn(objective, True, losses.optimization_manager(config), engine)
+  logging.info('world size %d, %s; %s', world,
+               ', '.join(f'per-rank {kind}batch {size // world} (global {size})' for kind, size in sizes),
+               engine.describe() if engine is not None else 'precision fp32')
   if main:
     save_config(config, workdir, state['step'])
   writer = None
@@ -256,36 +293,43 @@ def _train(config, workdir, method, finetune, progress, main):
     from torch.utils.tensorboard import SummaryWriter
     writer = SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
+  blocking = not speed['pin_memory']
+
   def batch(iterator):
     if iterator is None:
       return None
     x, _ = next(iterator)
-    return scaler(x.to(device))
+    return scaler(x.to(device, non_blocking=not blocking))
 
   monitor = LossMonitor()
 
   def check(step):
-    """Stops the run (nothing saved) if the loss was not finite since the last check or the weights are
-    not finite; warns about loss jumps. Reads values back from the device: called at log and save points."""
+    """Stops the run (nothing saved) if the loss was not finite since the last check (on any process) or the
+    weights are not finite; warns about loss jumps. Reads values back from the device and, in a group,
+    shares them: called by every process at log and save points."""
     bad_step, jumps = monitor.check()
-    for jump_step, ratio, value in jumps:
+    bad_value = monitor.bad_value
+    if world > 1:
+      seen = runtime.all_gather_objects((bad_step, bad_value, jumps))
+      bad = sorted((s, v) for s, v, _ in seen if s is not None)
+      bad_step, bad_value = bad[0] if bad else (None, None)
+      jumps = sorted({j for _, _, js in seen for j in js})
+    for jump_step, ratio, value in jumps if main else ():
       logging.warning('step %d: the loss %.4g is %.3g times its running average: the run may be diverging '
                       '(lower optim.lr or the unlearning weights)', jump_step, value, ratio)
     last_good = (f'The last good state is in {meta_path} and {ckpt_dir} (if written): lower optim.lr or the '
                  'unlearning weights and run the same command again to resume from it.')
     if bad_step is not None:
-      raise TrainingError(f'the loss became {monitor.bad_value} at step {bad_step}; stopping without saving the '
-                          f'weights. {last_good}')
+      raise _stop(f'the loss became {bad_value} at step {bad_step}; stopping without saving the weights. {last_good}')
     problem = utils.state_problem(state)
     if problem is not None:
-      raise TrainingError(f'the weights are not finite after step {step} ({problem}); stopping without saving '
-                          f'them. {last_good}')
+      raise _stop(f'the weights are not finite after step {step} ({problem}); stopping without saving them. '
+                  f'{last_good}')
 
   stats = None
 
   def save(path):
-    check(int(state['step']))
-    state['rng'] = rng_state()
+    state['rng'] = rng_state(device)
     utils.save_checkpoint(path, dict(state, config=config))
     if stats is not None:
       stats.write(int(state['step']))
@@ -305,7 +349,7 @@ def _train(config, workdir, method, finetune, progress, main):
   t0, steps_timed = time.time(), 0
   if main:
     stats = TrainStats(workdir, method.name, how, start, t0 - setup_started, str(device),
-                       config.training.pretrained if how == 'finetune' else '')
+                       config.training.pretrained if how == 'finetune' else '', processes=world)
   try:
     while state['step'] < n_iters:
       step = int(state['step'])
@@ -315,20 +359,28 @@ def _train(config, workdir, method, finetune, progress, main):
       done = int(state['step'])
       steps_timed += 1
       bar.update(1)
-      if done % tc.log_freq == 0 or done == n_iters:
+      log_now = done % tc.log_freq == 0 or done == n_iters
+      meta_now = done % tc.snapshot_freq_for_preemption == 0 or done == n_iters
+      snapshot_now = done % tc.snapshot_freq == 0
+      if log_now or meta_now or snapshot_now:
         check(done)
-        values = {k: out[k].item() for k in ('loss', 'loss_g', 'loss_f')}
+      if log_now:
+        keys = ('loss', 'loss_g', 'loss_f')
+        means = torch.stack([out[k].detach().double() for k in keys])
+        runtime.average_([means])   # a group: the means over its processes' rows, i.e. over the batch
+        values = dict(zip(keys, means.tolist()))
         rate = steps_timed / max(time.time() - t0, 1e-9)
         bar.set_postfix(loss=f'{values["loss"]:.4g}', steps_per_s=f'{rate:.1f}')
         msg = f'step {done}: loss {values["loss"]:.5e}, loss_g {values["loss_g"]:.5e}'
         if not math.isnan(values['loss_f']):
           msg += f', loss_f {values["loss_f"]:.5e}'
-        logging.info(msg)
+        if main:
+          logging.info(msg)
         if writer is not None:
           for key, value in values.items():
             if not math.isnan(value):
               writer.add_scalar(key, value, done)
-      if tc.eval_freq > 0 and done % tc.eval_freq == 0:
+      if main and tc.eval_freq > 0 and done % tc.eval_freq == 0:
         eval_f = batch(eval_forget_iter) if eval_forget_iter is not None else None
         if not method.forget_data or eval_f is not None:
           gen = torch.Generator(device=device).manual_seed(datasets.derive_seed(config.seed, 'eval-noise', done))
@@ -336,9 +388,9 @@ def _train(config, workdir, method, finetune, progress, main):
           logging.info('step %d: eval_loss %.5e', done, ev['loss'].item())
           if writer is not None:
             writer.add_scalar('eval_loss', ev['loss'].item(), done)
-      if main and (done % tc.snapshot_freq_for_preemption == 0 or done == n_iters):
+      if main and meta_now:
         save(meta_path)
-      if main and done % tc.snapshot_freq == 0:
+      if main and snapshot_now:
         snapshot(done)
     check(int(state['step']))
   except KeyboardInterrupt:
@@ -413,10 +465,11 @@ class TrainStats:
   Fisher or a replay pool), ``loop_seconds`` (the training steps, with their logging, checkpoints and
   snapshots) and ``wall_seconds`` (both). The totals sum the segments: ``steps`` (optimisation steps of this
   work directory; a fine-tuned run does not count its pretraining, named in ``pretrained``), ``wall_seconds``,
-  ``steps_per_second`` (steps / loop seconds).
+  ``steps_per_second`` (steps / loop seconds). ``processes``: the processes of a segment's torchrun group
+  (1 without torchrun); their time is not multiplied in.
   """
 
-  def __init__(self, workdir, task, how, start_step, setup_seconds, device, pretrained=''):
+  def __init__(self, workdir, task, how, start_step, setup_seconds, device, pretrained='', processes=1):
     self.path = os.path.join(workdir, STATS_FILENAME)
     self.head = {'task': task, 'start': how, 'pretrained': pretrained, 'device': device}
     self.segments = []
@@ -431,7 +484,8 @@ class TrainStats:
       except (OSError, ValueError, KeyError, TypeError) as e:
         logging.warning('%s is unreadable (%s): the compute of earlier segments is not counted', self.path, e)
     self.current = {'how': how, 'start_step': int(start_step), 'end_step': int(start_step),
-                    'setup_seconds': float(setup_seconds), 'loop_seconds': 0., 'wall_seconds': float(setup_seconds)}
+                    'setup_seconds': float(setup_seconds), 'loop_seconds': 0., 'wall_seconds': float(setup_seconds),
+                    'processes': int(processes)}
     self.loop_started = time.time()
 
   def write(self, step):

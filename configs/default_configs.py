@@ -29,6 +29,11 @@ def get_base_config():
   training.pretrained = ''               # checkpoint that --finetune starts from
   training.num_workers = 0               # data-loader worker processes
   training.snapshot_num_samples = 64     # samples drawn for each snapshot grid
+  # speed (docs/PERFORMANCE.md); the defaults are the plain fp32 eager step
+  training.precision = 'fp32'            # fp32 | bf16 | fp16 (CUDA; loss scaling): autocast of the network's forward
+  training.channels_last = False         # images and network in the channels_last memory format
+  training.compile = ''                  # '' (eager) | default | reduce-overhead | max-autotune: torch.compile mode
+  training.pin_memory = False            # CUDA: batches in pinned host memory, copied without blocking
 
   # sampling
   config.sampling = sampling = ml_collections.ConfigDict()
@@ -141,6 +146,7 @@ def get_base_config():
   optim.warmup = 5000
   optim.grad_clip = 1.
   optim.amsgrad = False
+  optim.fused = False                    # PyTorch's fused Adam kernel (CUDA; CPU in recent PyTorch)
 
   # unlearning (MSGM)
   config.unlearn = unlearn = ml_collections.ConfigDict()

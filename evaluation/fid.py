@@ -43,6 +43,7 @@ from absl import logging
 from tqdm import tqdm
 
 import datasets
+import runtime
 import utils
 
 BACKEND_PYTORCH_FID = 'pytorch-fid-inception-v3'
@@ -116,37 +117,56 @@ def _batches(images: Images, batch_size: int):
     yield item[0] if isinstance(item, (tuple, list)) else item
 
 
+def _merge_moments(a, b):
+  """Chan et al.'s pairwise update of ``(n, mean, m2)`` (m2: the sum of centred outer products)."""
+  if a[1] is None:
+    return b
+  if b[1] is None:
+    return a
+  (n, mean, m2), (nb, mb, m2b) = a, b
+  delta = mb - mean
+  tot = n + nb
+  return tot, mean + delta * (nb / tot), m2 + m2b + np.outer(delta, delta) * (n * nb / tot)
+
+
 def compute_statistics(images: Images, features_fn: FeaturesFn, batch_size: int = 50, progress: bool = False,
-                       desc: str = 'FID features', total: Optional[int] = None) -> FIDStatistics:
+                       desc: str = 'FID features', total: Optional[int] = None,
+                       shard: bool = False) -> FIDStatistics:
   """Feature mean and covariance of ``images`` (``[N, C, H, W]`` in ``[0, 1]``, C = 1 or 3, or an
   iterable of such batches / ``(x, y)`` pairs) under ``features_fn``.
 
   Batches are fed to ``features_fn`` as ``[b, 3, H, W]`` (grey repeated); the moments are merged batch
   by batch in float64 (Chan et al.'s pairwise update), so memory does not grow with N. ``total``: the
-  number of batches, for the progress bar (known for tensors). Needs N >= 2.
+  number of batches, for the progress bar (known for tensors). Needs N >= 2. ``shard``: every process of a
+  torchrun group calls this with the same images; each computes the features of every K-th batch and all
+  get the statistics of all the batches (merged in another order: equal to float rounding).
   """
-  n, mean, m2 = 0, None, None
+  k, me = (runtime.world_size(), runtime.rank()) if shard else (1, 0)
+  moments, error = (0, None, None), None
   if total is None and torch.is_tensor(images):
     total = -(-images.shape[0] // int(batch_size))
-  for x in tqdm(_batches(images, batch_size), total=total, disable=not progress, desc=desc, dynamic_ncols=True):
-    if x.shape[0] == 0:
-      continue
-    feats = features_fn(_to_three_channels(x))
-    feats = feats.detach().cpu().double().numpy() if torch.is_tensor(feats) else np.asarray(feats, np.float64)
-    if feats.ndim != 2 or feats.shape[0] != x.shape[0]:
-      raise ValueError(f'features_fn must return [B, F] = [{x.shape[0]}, F], got {feats.shape}')
-    nb = feats.shape[0]
-    mb = feats.mean(axis=0)
-    centred = feats - mb
-    m2b = centred.T @ centred
-    if mean is None:
-      n, mean, m2 = nb, mb, m2b
-    else:
-      delta = mb - mean
-      tot = n + nb
-      mean = mean + delta * (nb / tot)
-      m2 = m2 + m2b + np.outer(delta, delta) * (n * nb / tot)
-      n = tot
+  try:
+    for i, x in enumerate(tqdm(_batches(images, batch_size), total=total, disable=not progress, desc=desc,
+                               dynamic_ncols=True)):
+      if x.shape[0] == 0 or i % k != me:
+        continue
+      feats = features_fn(_to_three_channels(x))
+      feats = feats.detach().cpu().double().numpy() if torch.is_tensor(feats) else np.asarray(feats, np.float64)
+      if feats.ndim != 2 or feats.shape[0] != x.shape[0]:
+        raise ValueError(f'features_fn must return [B, F] = [{x.shape[0]}, F], got {feats.shape}')
+      mb = feats.mean(axis=0)
+      centred = feats - mb
+      moments = _merge_moments(moments, (feats.shape[0], mb, centred.T @ centred))
+  except Exception as e:   # noqa: BLE001  (a group shares it before raising)
+    if k == 1:
+      raise
+    error = e
+  if k > 1:
+    merged = (0, None, None)
+    for part in runtime.gather_lists([moments], error):
+      merged = _merge_moments(merged, part)
+    moments = merged
+  n, mean, m2 = moments
   if n < 2:
     raise ValueError(f'FID statistics need at least 2 images, got {n}')
   return FIDStatistics(mean, m2 / (n - 1), n)
@@ -390,14 +410,15 @@ def reference_subset(dataset, num_images: int, key: str):
 
 def reference_statistics(data, features_fn: FeaturesFn, cache_dir: Optional[str], split: str, part: str = 'retain',
                          num_images: int = 0, batch_size: int = 50, progress: bool = False,
-                         backend: Optional[str] = None) -> Tuple[FIDStatistics, dict]:
+                         backend: Optional[str] = None, shard: bool = False) -> Tuple[FIDStatistics, dict]:
   """Statistics of ``data.split(split).part(part)`` (``data``: a ``datasets.DataBundle`` of images; D_g is
   ``part='retain'``), read from / written to ``cache_dir`` (None: no cache).
 
   ``num_images`` > 0 uses a seeded subset of that many images (``reference_subset``). Returns the
   statistics and a description ``{'dataset', 'image_size', 'split', 'part', 'forget', 'num_images',
   'backend', 'key', 'cache_file'}`` for results.json. A cache file that is unreadable or holds another
-  key is recomputed and replaced.
+  key is recomputed and replaced. ``shard``: computed by a torchrun group (``compute_statistics``), written by
+  rank 0.
   """
   if not data.is_image:
     raise ValueError(f'FID needs image data; {data.name} is not')
@@ -419,8 +440,8 @@ def reference_statistics(data, features_fn: FeaturesFn, cache_dir: Optional[str]
   batches = datasets.get_data_iterator(subset, batch_size, 0, shuffle=False, drop_last=False, infinite=False,
                                        num_workers=data.num_workers)
   stats = compute_statistics(batches, features_fn, batch_size, progress, f'FID reference {split}/{part}',
-                             total=-(-len(subset) // batch_size))
-  if path:
+                             total=-(-len(subset) // batch_size), shard=shard)
+  if path and runtime.is_main_process():
     stats.save(path, key)
     logging.info('FID reference statistics written to %s', path)
   return stats, dict(info, cache_file=path)
@@ -428,11 +449,13 @@ def reference_statistics(data, features_fn: FeaturesFn, cache_dir: Optional[str]
 
 def fid_of_samples(samples: Images, data, features_fn: FeaturesFn, cache_dir: Optional[str], split: str,
                    part: str = 'retain', num_reference: int = 0, batch_size: int = 50, progress: bool = False,
-                   backend: Optional[str] = None) -> dict:
+                   backend: Optional[str] = None, shard: bool = False) -> dict:
   """FID of ``samples`` (``[N, C, H, W]`` in ``[0, 1]``) against the (cached) reference statistics of
-  ``data``'s ``split``/``part``: ``{'value', 'backend', 'num_samples', 'reference'}`` (results.json)."""
+  ``data``'s ``split``/``part``: ``{'value', 'backend', 'num_samples', 'reference'}`` (results.json).
+  ``shard``: every process of a torchrun group calls this with all the samples and computes a share of the
+  features (``compute_statistics``)."""
   reference, info = reference_statistics(data, features_fn, cache_dir, split, part, num_reference, batch_size,
-                                         progress, backend)
-  stats = compute_statistics(samples, features_fn, batch_size, progress, 'FID sample features')
+                                         progress, backend, shard=shard)
+  stats = compute_statistics(samples, features_fn, batch_size, progress, 'FID sample features', shard=shard)
   return {'value': frechet_distance(stats, reference), 'backend': info['backend'], 'num_samples': stats.n,
           'reference': info}

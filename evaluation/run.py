@@ -26,6 +26,7 @@ from absl import logging
 import datasets
 import likelihood
 import run_lib
+import runtime
 import sampling
 import sde_lib
 import unlearning
@@ -63,17 +64,19 @@ def checkpoints_to_evaluate(config, workdir):
   return [(p, int(utils.load_file(p).get('step', -1))) for p in paths]
 
 
-def generate_samples(config, sde, model, shape, inverse_scaler, device, progress):
+def generate_samples(config, sde, model, shape, inverse_scaler, device, progress, shard=False):
   """``eval.num_samples`` samples in batches of ``eval.batch_size``; returns (samples [N, ...] on the CPU, nfe).
 
   The prior draw of sample i uses a generator seeded from (seed, i), so the starting noise of every
   sample is independent of the batch size; a deterministic sampler (probability-flow PC) then gives the
   same samples for any batch size, the adaptive ODE solver the same up to its tolerance (its step size
-  is shared by a batch).
+  is shared by a batch). ``shard``: every process of a torchrun group calls this, each draws every K-th
+  batch (the same batches, with the same seeds) and all get all the samples.
   """
   n, bs = int(config.eval.num_samples), int(config.eval.batch_size)
-  out, nfe = [], 0
-  for start in range(0, n, bs):
+
+  def one(b):
+    start = b * bs
     size = min(bs, n - start)
     z = torch.stack([sde.prior_sampling(shape, generator=torch.Generator().manual_seed(
       datasets.derive_seed(config.seed, 'sample', start + i))) for i in range(size)]).to(device)
@@ -82,9 +85,11 @@ def generate_samples(config, sde, model, shape, inverse_scaler, device, progress
     gen = torch.Generator(device=device).manual_seed(datasets.derive_seed(config.seed, 'sampler', start))
     with torch.no_grad():
       x, k = fn(model, z=z, generator=gen)
-    out.append(x.cpu())
-    nfe += k
-  return torch.cat(out), nfe
+    return x.cpu(), k
+
+  batches = -(-n // bs)
+  out = runtime.map_batches(batches, one) if shard else [one(b) for b in range(batches)]
+  return torch.cat([x for x, _ in out]), sum(k for _, k in out)
 
 
 def eval_loss(config, sde, method, state, data, device):
@@ -156,48 +161,59 @@ def evaluate(config, workdir, task='standard', eval_folder='eval', progress=True
   """Evaluates the run in ``workdir``; returns the results of the last checkpoint evaluated (a dict).
 
   ``keep_samples`` adds the samples tensor under ``'samples'`` of the returned dict (not written to JSON).
-  """
-  config = default_configs.with_defaults(config)
-  method = unlearning.get_method(task)
-  device = run_lib.resolve_device(config.device)
-  run_lib.seed_everything(config.seed)
-  ev = config.eval
-  data = datasets.get_dataset(config, evaluation=True)
-  sde = sde_lib.get_sde(config)
-  ckpts = checkpoints_to_evaluate(config, workdir)
-  sampling_on = bool(ev.enable_sampling or ev.enable_fid)
-  if sampling_on:
-    # Refuse bad sampler settings before anything runs.
-    sampling.get_sampling_fn(config, sde, (1,) + tuple(data.shape), lambda x: x, run_lib.sampling_eps(config, sde))
-  classifier = classifier_lib.get_classifier(config, device, data=data) if ev.enable_sampling else None
-  features_fn = fid_lib.get_inception_features(config, device) if ev.enable_fid else None
-  if ev.enable_fid and not data.is_image:
-    raise EvaluationError(f'FID needs image data; {data.name} is not')
-  if ev.enable_fid:
-    data.split(ev.fid_split)   # refuses a split name other than train/test
-  if ev.enable_bpd:
-    split = data.split(ev.bpd_dataset)
-    if not len(split.retain) or not len(split.forget):
-      raise EvaluationError(f'the {ev.bpd_dataset} split has an empty D_g or D_f: nothing to measure')
-  if ev.enable_mia:
-    membership_lib.get_settings(config, sde)
-    if not len(data.train.forget) or not len(data.test.forget):
-      raise EvaluationError('eval.enable_mia needs D_f items in both the training and the test split')
-  # eval.inpaint / eval.reconstruct: checked and loaded here, run per checkpoint (evaluation/downstream.py)
-  downstream_tasks = downstream.prepare_for_eval(config, data, sde, device, classifier, features_fn)
 
+  Under torchrun (a ``torch.distributed`` group) the processes split the sampling batches, the NLL batches and
+  the FID features and gather all of them; the numbers are those of one process (to float rounding). Rank 0
+  holds the lock, computes the Unlearning Ratio, the evaluation loss, the membership test and the downstream
+  tasks, and writes everything; its results are returned.
+  """
+  main = run_lib.is_main_process()
   out_dir = os.path.join(workdir, eval_folder)
-  created = utils.make_run_folder(out_dir)
-  ok = False
+  created, ok = False, False
+  held = contextlib.ExitStack()
   try:
-    with utils.FolderLock(out_dir, 'evaluation'):
-      utils.remove_tmp_files([out_dir])
-      results = _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features_fn, out_dir, device,
-                                      progress, keep_samples, downstream_tasks)
-      ok = True
-      return results
+    # Under torchrun: every process checks everything; a refusal on one stops all (after this block).
+    with runtime.together():
+      config = default_configs.with_defaults(config)
+      method = unlearning.get_method(task)
+      device = run_lib.resolve_device(config.device)
+      run_lib.seed_everything(config.seed)
+      ev = config.eval
+      data = datasets.get_dataset(config, evaluation=True)
+      sde = sde_lib.get_sde(config)
+      ckpts = checkpoints_to_evaluate(config, workdir)
+      sampling_on = bool(ev.enable_sampling or ev.enable_fid)
+      if sampling_on:
+        # Refuse bad sampler settings before anything runs.
+        sampling.get_sampling_fn(config, sde, (1,) + tuple(data.shape), lambda x: x,
+                                 run_lib.sampling_eps(config, sde))
+      classifier = classifier_lib.get_classifier(config, device, data=data) if ev.enable_sampling else None
+      features_fn = fid_lib.get_inception_features(config, device) if ev.enable_fid else None
+      if ev.enable_fid and not data.is_image:
+        raise EvaluationError(f'FID needs image data; {data.name} is not')
+      if ev.enable_fid:
+        data.split(ev.fid_split)   # refuses a split name other than train/test
+      if ev.enable_bpd:
+        split = data.split(ev.bpd_dataset)
+        if not len(split.retain) or not len(split.forget):
+          raise EvaluationError(f'the {ev.bpd_dataset} split has an empty D_g or D_f: nothing to measure')
+      if ev.enable_mia:
+        membership_lib.get_settings(config, sde)
+        if not len(data.train.forget) or not len(data.test.forget):
+          raise EvaluationError('eval.enable_mia needs D_f items in both the training and the test split')
+      # eval.inpaint / eval.reconstruct: checked and loaded here, run per checkpoint (evaluation/downstream.py)
+      downstream_tasks = downstream.prepare_for_eval(config, data, sde, device, classifier, features_fn)
+      if main:
+        created = utils.make_run_folder(out_dir)
+        held.enter_context(utils.FolderLock(out_dir, 'evaluation'))
+        utils.remove_tmp_files([out_dir])
+    results = _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features_fn, out_dir, device,
+                                    progress and main, keep_samples, downstream_tasks)
+    ok = True
+    return results
   finally:
-    if not ok:
+    held.close()
+    if not ok and main:
       utils.remove_if_unused(out_dir, created)
 
 
@@ -205,8 +221,10 @@ def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features
                           keep_samples, downstream_tasks=None):
   ev = config.eval
   sampling_on = bool(ev.enable_sampling or ev.enable_fid)
-  writer = _LazyWriter(os.path.join(out_dir, 'tensorboard')) if run_lib.is_main_process() else None
-  handler = run_lib.add_log_file(out_dir)
+  main = run_lib.is_main_process()
+  group = runtime.world_size() > 1
+  writer = _LazyWriter(os.path.join(out_dir, 'tensorboard')) if main else None
+  handler = run_lib.add_log_file(out_dir) if main else None
   scaler = datasets.get_data_scaler(config)
   inverse = datasets.get_data_inverse_scaler(config)
   results = None
@@ -217,7 +235,7 @@ def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features
       results = {'task': method.name, 'dataset': data.name, 'forget': list(data.forget_names), 'checkpoint': path,
                  'step': step, 'unlearning_ratio': None, 'nll_bpd': None, 'fid': None, 'sampler': None,
                  'classifier': classifier.describe() if classifier is not None else None}
-      if ev.enable_loss:
+      if ev.enable_loss and main:
         results['loss'] = eval_loss(config, sde, method, state, data, device)
       if ev.enable_bpd:
         ll_fn = likelihood.get_log_likelihood_fn(sde, rtol=config.sampling.ode_rtol, atol=config.sampling.ode_atol,
@@ -232,7 +250,7 @@ def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features
                                             batch_size=ev.batch_size, seed=datasets.derive_seed(config.seed, 'bpd'),
                                             num_repeats=ev.bpd_num_repeats, dequantize=data.is_image,
                                             max_items=ev.bpd_num_samples, device=device, progress=progress,
-                                            desc=f'NLL {part}')
+                                            desc=f'NLL {part}', shard=group)
           bad = int((~torch.isfinite(nll[part]['items_nats'])).sum())
           if bad:
             raise EvaluationError(f'the NLL of {bad} {part} items is not finite under {path}: the model is broken '
@@ -240,13 +258,14 @@ def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features
         results['nll_bpd'] = {part: nll[part]['bpd'] for part in nll}
         if not data.is_image:
           results['nll_nats'] = {part: nll[part]['nats'] for part in nll}
-        nll_items.save_items(os.path.join(out_dir, nll_items.items_filename(step)), nll)
-      if ev.enable_mia:
+        if main:
+          nll_items.save_items(os.path.join(out_dir, nll_items.items_filename(step)), nll)
+      if ev.enable_mia and main:
         with _failure_names(path, 'the membership test'):
           results['membership'] = membership_lib.membership(config, model, sde, data, device)
       if sampling_on:
         with _failure_names(path, 'sampling'):
-          samples, nfe = generate_samples(config, sde, model, data.shape, inverse, device, progress)
+          samples, nfe = generate_samples(config, sde, model, data.shape, inverse, device, progress, shard=group)
         non_finite = int((~torch.isfinite(samples.reshape(samples.shape[0], -1)).all(dim=1)).sum())
         if non_finite:
           raise EvaluationError(f'{non_finite} of {len(samples)} samples of {path} hold NaN or ±inf '
@@ -255,28 +274,31 @@ def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features
         s = config.sampling
         results['sampler'] = {'method': s.method, 'predictor': s.predictor, 'corrector': s.corrector,
                               'steps': sde.N if s.method == 'pc' else None, 'nfe': nfe}
-        run_lib.save_samples(samples[:64], out_dir, data.is_image, name=f'samples_{step}')
-        if classifier is not None:
+        if main:
+          run_lib.save_samples(samples[:64], out_dir, data.is_image, name=f'samples_{step}')
+        if classifier is not None and main:
           results['unlearning_ratio'] = ur_lib.unlearning_ratio_of_samples(samples, classifier, data.forget_indices)
         if features_fn is not None:
           k = int(ev.fid_num_samples) or len(samples)
           results['fid'] = fid_lib.fid_of_samples(samples[:k], data, features_fn, fid_lib.default_cache_dir(config),
                                                   ev.fid_split, 'retain', int(ev.fid_num_reference),
-                                                  progress=progress)
+                                                  progress=progress, shard=group)
         if keep_samples:
           results['samples'] = samples
-      if downstream_tasks is not None:
+      if downstream_tasks is not None and main:   # one process (evaluation/downstream.py is not split yet)
         with _failure_names(path, 'the downstream tasks'):
           results.update(downstream_tasks.run(model, sde, out_dir, step, checkpoint=path, progress=progress))
-      _write(results, out_dir, step, writer)
+      if main:
+        _write(results, out_dir, step, writer)
   except Exception as e:
     run_lib.log_to_file(handler, str(e))
     raise
   finally:
     if writer is not None:
       writer.close()
-    logging.get_absl_logger().removeHandler(handler)
-    handler.close()
+    if handler is not None:
+      logging.get_absl_logger().removeHandler(handler)
+      handler.close()
   return results
 
 

@@ -9,6 +9,11 @@ An ``Objective`` turns a retain batch x_g ~ D_g and a forget batch x_f ~ D_f int
 
 Methods that need more than that (a gradient mask, a bi-level update) override ``backward`` /
 ``before_update`` / ``after_update``.
+
+Under torchrun the step splits every batch's rows over the processes (``runtime.StepEngine``): the terms must
+be row-wise (row i of ``L_g``/``L_f`` depends on row i of the batches, and on parameters), and an objective
+whose ``backward`` combines gradients of several terms sets ``manual_backward`` and takes them from
+``gradients``, which averages them over the processes first.
 """
 import dataclasses
 from typing import Callable, Optional, Tuple
@@ -16,6 +21,7 @@ from typing import Callable, Optional, Tuple
 import torch
 
 import losses
+import runtime
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +162,10 @@ class Objective:
       raise ValueError('this step has neither a retain nor a forget term')
     return sum(parts[1:], parts[0])
 
+  #: True when ``backward`` combines the gradients of several terms itself (``gradients``/``set_gradients``)
+  #: instead of back-propagating ``loss``: the step then leaves the averaging over processes to ``gradients``.
+  manual_backward = False
+
   # Hooks of the update (defaults: plain backpropagation of the total).
   def backward(self, model, loss, lg, lf):
     loss.backward()
@@ -166,6 +176,11 @@ class Objective:
   def after_update(self, model):
     """Called after the optimiser step (before the EMA update)."""
 
+  def synchronize(self):
+    """Called once by every process of a torchrun group before training (after the group agreed to start):
+    make what the processes computed each for themselves and must share exactly (e.g. a mask applied after
+    the gradients were averaged) rank 0's (``runtime.broadcast_from_main``)."""
+
 
 def set_gradients(model, grads):
   """Writes ``grads`` (one tensor or None per trainable parameter, ``named_parameters`` order) into ``.grad``."""
@@ -174,10 +189,12 @@ def set_gradients(model, grads):
 
 
 def gradients(model, value, retain_graph=False):
-  """∇_θ ``value`` for the trainable parameters (zeros where a parameter does not enter)."""
+  """∇_θ ``value`` for the trainable parameters (zeros where a parameter does not enter), averaged over the
+  processes of a torchrun group (each ``value`` being the mean over this process's rows, the average is the
+  gradient of the mean over the batch)."""
   params = [p for p in model.parameters() if p.requires_grad]
   grads = torch.autograd.grad(value, params, retain_graph=retain_graph, allow_unused=True)
-  return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+  return runtime.average_([torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)])
 
 
 def flat_dot(a, b):

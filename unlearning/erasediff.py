@@ -21,6 +21,8 @@ from unlearning.base import Method, Objective, dsm_term, flat_dot, gradients, re
 class EraseDiffObjective(Objective):
   """Retain loss F and surrogate forget loss f, combined by the dynamic barrier (or a fixed λ)."""
 
+  manual_backward = True   # λ needs ∇F and ∇f of the whole batch (averaged over processes) before combining
+
   def __init__(self, retain_fn, forget_fn, eta, fixed_lambda):
     super().__init__(retain_fn, forget_fn, forget_every=1, weights=(1., 0.))
     self.eta, self.fixed_lambda = float(eta), float(fixed_lambda)

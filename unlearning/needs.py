@@ -6,6 +6,7 @@ import os
 import torch
 from absl import logging
 
+import runtime
 import train_state
 import utils
 
@@ -71,7 +72,7 @@ def anchor_model(ctx):
       raise NeedError(f'cannot resume: this method needs the weights the run started from ({path}), and they are '
                       'gone; start the run again in a new work directory')
     return anchor
-  if ctx.start == 'fresh' and path is not None and ctx.train:
+  if ctx.start == 'fresh' and path is not None and ctx.train and runtime.is_main_process():
     utils.atomic_torch_save(_with_digest({'model': {k: v.detach().cpu() for k, v in anchor.state_dict().items()}}),
                             path)
     logging.info('the starting weights are kept in %s (the anchor of this method)', path)
@@ -101,8 +102,9 @@ def load_cache(path, metadata):
 
 
 def save_cache(path, metadata, tensors):
-  """Writes ``{'metadata', 'tensors', 'sha256'}`` atomically (no-op without a path); returns the digest."""
-  if not path:
+  """Writes ``{'metadata', 'tensors', 'sha256'}`` atomically (no-op without a path, and on the processes of a
+  torchrun group other than rank 0, which compute the same tensors); returns the digest."""
+  if not path or not runtime.is_main_process():
     return None
   obj = _with_digest({'metadata': metadata, 'tensors': {k: v.detach().cpu() for k, v in tensors.items()}})
   utils.atomic_torch_save(obj, path)
@@ -152,7 +154,6 @@ def generated_pool(ctx, model, n):
   images), each starting from noise seeded by its index; cached in ``W/generated_pool.pt`` (keyed by the
   weights' digest, n, the sampler settings and the seed). ``[n, ...]`` on the CPU."""
   import datasets
-  import runtime  # noqa: F401
   import sampling
   config, sde = ctx.config, ctx.sde
   s = config.sampling

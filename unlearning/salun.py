@@ -20,6 +20,7 @@ import math
 import torch
 from absl import logging
 
+import runtime
 from unlearning import needs
 from unlearning.base import Method, Objective, dsm_term, get_method, register
 
@@ -61,6 +62,16 @@ class MaskedObjective(Objective):
                      weights=base.weights, retain_batches=base.retain_batches)
     self.base, self.mask = base, mask
     self.frozen = {n: p.detach().clone() for n, p in needs.trainable(model)}
+
+  @property
+  def manual_backward(self):
+    return self.base.manual_backward
+
+  def synchronize(self):
+    # every process of a torchrun group masks the same weights (their gradients are averaged, then masked)
+    self.base.synchronize()
+    device = next(iter(self.mask.values())).device
+    self.mask = {k: v.to(device) for k, v in runtime.broadcast_from_main(self.mask).items()}
 
   def terms(self, *args, **kwargs):
     return self.base.terms(*args, **kwargs)

@@ -21,6 +21,7 @@ import torch
 
 from tensor_utils import append_dims
 import losses
+import runtime
 from unlearning.base import Method, Objective, flat_dot, gradients, register, set_gradients
 from models import utils as mutils
 
@@ -48,6 +49,11 @@ class SISSObjective(Objective):
     self.ctx, self.mixture, self.superfactor = ctx, float(c.mixture), float(c.superfactor)
     self.scaling_norm = float(c.scaling_norm)
     self.c_keep, self.c_forget = n / (n - k), k / (n - k)
+
+  @property
+  def manual_backward(self):
+    """With ``siss.scaling_norm`` the forget gradient is rescaled by its norm over the whole batch."""
+    return self.scaling_norm > 0
 
   @staticmethod
   def _never(*args):   # the terms come from ``terms``
@@ -97,7 +103,14 @@ class SISSObjective(Objective):
 
 
 def build(ctx):
-  return SISSObjective(ctx, len(ctx.data.train.full), len(ctx.data.train.forget))
+  n, k = len(ctx.data.train.full), len(ctx.data.train.forget)
+  if ctx.train and runtime.world_size() > 1:
+    tc = ctx.config.training
+    b_x, b_a = min(int(tc.batch_size), n), min(int(tc.batch_size_un), k)
+    if b_x != b_a:
+      raise ValueError(f'siss pairs row i of the D batch with row i of the D_f batch; under torchrun both batches must '
+                       f'have the same size (training.batch_size = batch_size_un), got {b_x} and {b_a}')
+  return SISSObjective(ctx, n, k)
 
 
 METHOD = register(Method(

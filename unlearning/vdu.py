@@ -21,6 +21,7 @@ import torch
 from absl import logging
 
 import datasets
+import runtime
 import train_state
 import utils
 from unlearning import fisher, needs
@@ -63,7 +64,7 @@ def build(ctx):
     source = (f'single-checkpoint fallback: the starting weights and their diagonal Fisher over {len(pool)} of '
               'their own samples')
   logging.info('vdu stability term: %s', source)
-  if ctx.workdir:
+  if ctx.workdir and runtime.is_main_process():
     utils.atomic_write_text(os.path.join(ctx.workdir, 'vdu.json'),
                             json.dumps({'stability': source, 'checkpoints': paths}, indent=2))
   gamma = float(c.gamma)
