@@ -1,0 +1,350 @@
+"""Reproduce the paper's unlearning tables on real data on this CPU: every method, several seeds, cached stages.
+
+    python3 benchmarks/reproduce.py --workdir runs/repro --part mnist [--dry-run] [--only 'eval/*:3:s42']
+        [--results docs/results] [--set training.n_iters=2000 ...] [--noprogress]
+
+Parts (``--part``, comma-separated): ``mnist`` (the real MNIST-5k subset; forget digit 3, and separately 3
+and 7), ``fashion`` (full Fashion-MNIST from Debian's package; forget Trouser, and Trouser and Bag), ``tiny``
+(the 2-D toy and the 8×8 digits at a few steps: the plan's machinery in seconds, for tests).
+
+The plan, per part (``experiments/stages.py``: each stage cached by a hash of its resolved config, so a rerun
+recomputes only what changed, and an interrupted stage resumes in its folder):
+
+* ``classifier/<part>``: the Unlearning-Ratio classifier (its test accuracy and SHA-256 are recorded; the
+  page flags one under the issue's bar, 98 % MNIST, 90 % Fashion-MNIST);
+* per seed: ``standard/<part>/s<seed>`` (on D; the same for every forget set);
+* per forget set F and seed: ``unseen``, the paper's ``orthogonal`` and ``obtuse`` from scratch (Table 1's
+  protocol) and ``mnist-best`` (the ratio preset, with that seed's Unseen as reference);
+* per forget set, first seed only: Orthogonal and Obtuse fine-tuning Standard (Table 2), the official-code
+  variants (elementwise Orthogonal, the official Obtuse sign) and every other method of the family
+  fine-tuning Standard; on MNIST also the paper's forms on a CPU-sized VE SDE (``ve-*``);
+* for every model: ``eval/...`` (Unlearning Ratio on ``--samples`` samples, NLL of D_g and D_f, FID
+  against D_g, the membership AUC) and, for the models of the first seed, ``relearn/...`` (the attack).
+
+``--dry-run`` prints the plan with each stage's estimated time (from the speeds measured on this machine,
+``SPEED``) and the total; ``--only`` runs the stages whose names match (shell patterns, with what they
+need). ``--results DIR`` copies every evaluation's results.json / relearn.json to ``DIR/<part>/<name>.json``
+as its stage finishes (small files: no checkpoints). docs/RESULTS.md is written from those files by
+``experiments/results_page.py``.
+"""
+import argparse
+import copy
+import dataclasses
+import importlib
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+if __package__ in (None, ''):
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import ml_collections  # noqa: E402
+
+import utils  # noqa: E402
+from configs import default_configs  # noqa: E402
+from experiments import stages  # noqa: E402
+
+
+@dataclasses.dataclass
+class Part:
+  """One data set of the benchmark: its config module, forget sets, seeds and the classifier's bar."""
+  config: str
+  forget_sets: Sequence[str]
+  seeds: Sequence[int]
+  classifier_bar: float
+  ve_config: Optional[str] = None
+  overrides: Dict[str, object] = dataclasses.field(default_factory=dict)
+  family: bool = True
+
+
+PARTS = {
+  'mnist': Part('configs.mnist.mnist5k_small', ('3', '3,7'), (42, 43, 44), 0.98, 'configs.mnist.mnist5k_small_ve'),
+  'fashion': Part('configs.mnist.fashion_mnist_small', ('Trouser', 'Trouser,Bag'), (42, 43, 44), 0.90),
+  'tiny': Part('configs.toy.gmm2d', ('centre',), (42, 43), 0.,
+               overrides={'training.n_iters': 40, 'training.snapshot_freq': 40,
+                          'training.snapshot_freq_for_preemption': 20, 'training.snapshot_sampling': False,
+                          'model.hidden_dims': (16, 16), 'model.num_scales': 50, 'data.num_train': 400,
+                          'data.num_test': 100, 'eval.num_samples': 100, 'eval.batch_size': 100,
+                          'sampling.ode_rtol': 1e-3, 'sampling.ode_atol': 1e-3, 'relearn.k': '8',
+                          'relearn.steps': '0,5', 'relearn.num_samples': 50, 'mia.num_items': 20,
+                          'mia.num_draws': 2, 'sa.samples': 20, 'sa.fisher_times': 1, 'vdu.samples': 20,
+                          'vdu.fisher_times': 1, 'noisy_classifier.n_iters': 20, 'device': 'cpu'}),
+}
+
+#: seconds per training step and per evaluation/attack on this 2-core CPU (idle), for the ETA.
+SPEED = {'mnist': {'step': 0.2, 'start': 30., 'eval': 420., 'relearn': 600., 'classifier': 120.},
+         'fashion': {'step': 0.2, 'start': 60., 'eval': 600., 'relearn': 600., 'classifier': 600.},
+         'tiny': {'step': 0.005, 'start': 1., 'eval': 3., 'relearn': 3., 'classifier': 0.1}}
+
+#: the best preset of each part (docs/unlearning.md), with the task it builds on.
+BEST = {'mnist': 'mnist-best', 'fashion': 'mnist-best', 'tiny': 'toy-ratio'}
+FINE_TUNE_STEPS = 1000
+
+
+def load_config(module, overrides):
+  """``module.get_config()`` with ``overrides`` (``{'section.key': value}``) applied; unknown keys refused."""
+  config = default_configs.with_defaults(importlib.import_module(module).get_config())
+  for path, value in overrides.items():
+    section, _, key = path.rpartition('.')
+    target = config
+    for part in section.split('.') if section else []:
+      target = target[part]
+    if key not in target:
+      raise ValueError(f'unknown config key {path!r}')
+    target[key] = value
+  return config
+
+
+def config_key(config, drop=()):
+  """The resolved config as plain JSON data (what a stage's hash covers), without the sections ``drop``."""
+  key = json.loads(utils.config_to_json(config))
+  return {k: v for k, v in key.items() if k not in drop}
+
+
+#: sections a training run does not read (evaluation settings): left out of training stages' hashes.
+EVAL_SECTIONS = ('eval', 'relearn', 'mia')
+
+
+def classifier_key(config):
+  """What the classifier reads (the rest takes its defaults): the data (every class, so not the forget
+  set), its own training settings, the seed and the device."""
+  key = config_key(config)
+  return {'data': key['data'], 'seed': key['seed'], 'device': key['device'],
+          'eval': {k: key['eval'][k] for k in ('classifier_epochs', 'classifier_batch_size', 'classifier_lr')}}
+
+
+def from_key(key):
+  """A full config from a stage's (possibly partial) config data: missing keys take their defaults."""
+  return default_configs.with_defaults(ml_collections.ConfigDict(key))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What each kind of stage does
+
+
+def run_classifier(stage, folder, inputs):
+  from evaluation import classifier
+  path = os.path.join(folder, classifier.CLASSIFIER_FILENAME)
+  config = from_key(stage.key['config'])
+  if config.data.dataset == 'GMM2D':
+    return {'path': '', 'test_accuracy': None, 'sha256': None, 'exact': True}
+  if os.path.exists(path):
+    os.remove(path)   # a run killed after writing it: train it again (cheap) rather than trust it half-checked
+  meta = classifier.train_classifier(config, path, progress=False)
+  return {'path': path, 'test_accuracy': meta['test_accuracy'], 'sha256': meta['sha256']}
+
+
+def run_train(stage, folder, inputs):
+  import run_lib
+  config = from_key(stage.key['config'])
+  finetune = bool(stage.key.get('pretrained_from'))
+  if finetune:
+    config.training.pretrained = inputs[stage.key['pretrained_from']]['checkpoint']
+  if stage.key.get('reference_from'):
+    config.unlearn.reference = inputs[stage.key['reference_from']]['checkpoint']
+  clf = stage.key.get('classifier_from')
+  if clf and inputs[clf]['path']:
+    config.eval.classifier = inputs[clf]['path']
+  run_lib.train(config, folder, stage.key['task'], finetune=finetune, progress=False)
+  path, step = run_lib.latest_checkpoint(folder)
+  stats = os.path.join(folder, 'train_stats.json')
+  return {'checkpoint': path, 'step': step, 'workdir': folder,
+          'train_stats': json.load(open(stats)) if os.path.exists(stats) else None}
+
+
+def _eval_config(stage, inputs):
+  config = from_key(stage.key['config'])
+  clf = inputs[stage.key['classifier_from']]
+  config.eval.classifier = clf['path'] or ''
+  return config
+
+
+def run_eval(stage, folder, inputs):
+  from evaluation import run as evaluation_run
+  config = _eval_config(stage, inputs)
+  run = inputs[stage.key['run_from']]
+  results = evaluation_run.evaluate(config, run['workdir'], stage.key['task'], eval_folder=folder, progress=False)
+  return {'results': os.path.join(folder, 'results.json'), 'step': results['step']}
+
+
+def run_relearn(stage, folder, inputs):
+  from evaluation import relearn
+  config = _eval_config(stage, inputs)
+  run = inputs[stage.key['run_from']]
+  relearn.run_relearn(config, run['workdir'], stage.key['task'], eval_folder=folder, progress=False)
+  return {'results': os.path.join(folder, relearn.RESULTS_FILENAME)}
+
+
+RUNNERS = {'classifier': run_classifier, 'train': run_train, 'eval': run_eval, 'relearn': run_relearn}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The plan
+
+
+def build_plan(part_name, overrides=None, samples=1000):
+  """The ordered stages of one part (see the module docstring). ``overrides`` apply to every config."""
+  part = PARTS[part_name]
+  overrides = dict(part.overrides, **(overrides or {}))
+  speed = SPEED[part_name]
+  plan: List[stages.Stage] = []
+
+  def add(name, kind, key, depends=(), estimate=60.):
+    plan.append(stages.Stage(name, kind, key, RUNNERS[kind], tuple(depends), float(estimate)))
+    return name
+
+  def configured(module, forget, seed, extra=None):
+    config = load_config(module, dict(overrides, **(extra or {})))
+    config.seed = int(seed)
+    config.unlearn.forget = forget
+    if part_name != 'tiny':
+      config.eval.num_samples = int(samples)
+    config.eval.enable_bpd = config.eval.enable_sampling = config.eval.enable_mia = True
+    config.eval.enable_fid = config.data.dataset != 'GMM2D'
+    return config
+
+  def train(name, config, task, n_iters=None, depends=(), **links):
+    if n_iters:
+      t = config.training
+      t.n_iters, t.snapshot_freq = int(n_iters), int(n_iters)
+      t.snapshot_freq_for_preemption = min(int(t.snapshot_freq_for_preemption), int(n_iters))
+    key = dict(config=config_key(config, EVAL_SECTIONS), task=task, **links)
+    deps = list(depends) + [v for v in links.values() if v]
+    return add(f'train/{name}', 'train', key, deps, speed['step'] * int(config.training.n_iters) + speed['start'])
+
+  def evaluate(name, config, task, run, attack):
+    key = dict(config=config_key(config), task=task, run_from=run, classifier_from=clf)
+    add(f'eval/{name}', 'eval', key, (run, clf), speed['eval'])
+    if attack:
+      add(f'relearn/{name}', 'relearn', key, (run, clf), speed['relearn'])
+
+  base = configured(part.config, part.forget_sets[0], part.seeds[0])
+  clf = add(f'classifier/{part_name}', 'classifier', {'config': classifier_key(base)}, (), speed['classifier'])
+  first = part.seeds[0]
+  for seed in part.seeds:
+    # Standard trains on D: one model per seed for every forget set (its config names the first forget set).
+    std = train(f'standard/{part_name}/s{seed}', configured(part.config, part.forget_sets[0], seed), 'standard')
+    for forget in part.forget_sets:
+      tag = f'{part_name}/{forget.replace(",", "+")}/s{seed}'
+      cfg = lambda extra=None: configured(part.config, forget, seed, extra)   # noqa: E731
+      runs = {'standard': std}
+      runs['unseen'] = train(f'unseen/{tag}', cfg(), 'unseen')
+      runs['orthogonal'] = train(f'orthogonal/{tag}', cfg(), 'orthogonal')
+      runs['obtuse'] = train(f'obtuse/{tag}', cfg(), 'obtuse')
+      best = BEST[part_name]
+      best_cfg = cfg({'unlearn.preset': best})
+      runs[best] = train(f'{best}/{tag}', best_cfg, 'obtuse', reference_from=runs['unseen'])
+      if seed == first:
+        runs['orthogonal-ft'] = train(f'orthogonal-ft/{tag}', cfg(), 'orthogonal', FINE_TUNE_STEPS,
+                                      pretrained_from=std)
+        runs['obtuse-ft'] = train(f'obtuse-ft/{tag}', cfg(), 'obtuse', FINE_TUNE_STEPS, pretrained_from=std)
+        runs['orthogonal-official'] = train(f'orthogonal-official/{tag}',
+                                            cfg({'unlearn.orthogonal_product': 'elementwise'}), 'orthogonal')
+        runs['obtuse-official'] = train(f'obtuse-official/{tag}', cfg({'unlearn.obtuse_sign': 'official'}),
+                                        'obtuse')
+        if part.family:
+          import unlearning
+          for m in unlearning.registered():
+            if m.name in ('standard', 'unseen', 'orthogonal', 'obtuse'):
+              continue
+            runs[m.name] = train(f'{m.name}-ft/{tag}', cfg(), m.name, FINE_TUNE_STEPS, pretrained_from=std,
+                                 classifier_from=clf)
+        if part.ve_config:
+          ve = lambda: configured(part.ve_config, forget, seed)   # noqa: E731
+          ve_std = train(f've-standard/{tag}', ve(), 'standard')
+          runs['ve-standard'] = ve_std
+          for task in ('unseen', 'orthogonal', 'obtuse'):
+            runs[f've-{task}'] = train(f've-{task}/{tag}', ve(), task)
+      for name, run in runs.items():
+        task = _task_of(plan, run)
+        config = configured(part.ve_config if name.startswith('ve-') else part.config, forget, seed)
+        evaluate(f'{name}/{tag}', config, task, run, attack=seed == first)
+  return stages.resolve_hashes(plan)
+
+
+def _task_of(plan, name):
+  return next(s.key['task'] for s in plan if s.name == name)
+
+
+def copy_results(root, plan, results_dir, part_name):
+  """Copies each finished evaluation's and attack's JSON to ``results_dir/<part>/<stage name>.json``."""
+  if not results_dir:
+    return 0
+  n = 0
+  for stage in plan:
+    n += copy_result(root, stage, results_dir, part_name)
+  return n
+
+
+def copy_result(root, stage, results_dir, part_name):
+  """``copy_results`` of one stage; returns 1 when a file was written."""
+  if not results_dir or stage.kind not in ('eval', 'relearn', 'classifier'):
+    return 0
+  record = stages.record_of(root, stage)
+  if record is None:
+    return 0
+  out = os.path.join(results_dir, part_name, stage.name.replace('/', '__') + '.json')
+  body = record['outputs']
+  if stage.kind != 'classifier':
+    with open(record['outputs']['results']) as f:
+      body = json.load(f)
+  body = dict(body, stage={'name': stage.name, 'hash': stage.hash, 'seconds': record['seconds']})
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  utils.atomic_write_text(out, json.dumps(body, indent=2, default=float))
+  return 1
+
+
+def parse_sets(items):
+  out = {}
+  for item in items or ():
+    key, sep, value = item.partition('=')
+    if not sep:
+      raise ValueError(f'--set needs KEY=VALUE, got {item!r}')
+    try:
+      out[key] = json.loads(value)
+    except json.JSONDecodeError:
+      out[key] = value
+  return out
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--workdir', required=True, help='folder of the stages')
+  parser.add_argument('--part', default='mnist', help='mnist, fashion, tiny (comma-separated)')
+  parser.add_argument('--dry-run', action='store_true', help='print the plan and its estimated time')
+  parser.add_argument('--only', default='', help='comma-separated shell patterns of stage names to run')
+  parser.add_argument('--results', default='', help='copy every finished evaluation JSON to RESULTS/<part>/')
+  parser.add_argument('--samples', type=int, default=1000, help='samples per Unlearning Ratio (not on tiny)')
+  parser.add_argument('--set', action='append', default=[], help='config override KEY=VALUE for every stage')
+  parser.add_argument('--noprogress', action='store_true')
+  args = parser.parse_args(argv)
+  try:
+    overrides = parse_sets(args.set)
+    parts = [p.strip() for p in args.part.split(',') if p.strip()]
+    for p in parts:
+      if p not in PARTS:
+        raise ValueError(f"unknown part '{p}'; valid: {', '.join(PARTS)}")
+    for p in parts:
+      plan = stages.select(build_plan(p, overrides, args.samples), args.only)
+      root = os.path.join(args.workdir, p)
+      if args.dry_run:
+        print(stages.describe(root, plan))
+        continue
+      start = time.time()
+      ran = stages.run_plan(root, plan, progress=not args.noprogress,
+                            log=lambda m: print(m, file=sys.stderr, flush=True),
+                            on_done=lambda s, p=p, root=root: copy_result(root, s, args.results, p))
+      copied = copy_results(root, plan, args.results, p)
+      print(f'{p}: {len(ran)} stages ran in {(time.time() - start) / 60:.1f} min; {copied} result files in '
+            f'{args.results or "(not copied)"}')
+  except (ValueError, OSError, RuntimeError) as e:
+    print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

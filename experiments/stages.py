@@ -1,0 +1,144 @@
+"""Stages of a long experiment that run alone, are cached by a hash of what they compute, and resume.
+
+A ``Stage`` has a name (unique in its plan), a kind (``train``, ``eval``, …), a ``key`` — everything that
+determines its result (a resolved config as JSON-able data, the task, …) — and the names of the stages it
+depends on. Its **hash** is the SHA-256 of its kind, key and its dependencies' hashes, so a changed config
+key changes the hash of its stage and of every stage downstream, and nothing else. A stage runs in its
+own folder ``<root>/<name>-<hash[:10]>`` and is done when ``stage.json`` there says so; a stage that was
+interrupted has no such record and runs again in the same folder (a training run resumes from its
+checkpoint there). ``run_plan`` runs a plan in order with a progress bar and an ETA that learns from the
+measured durations (``estimate`` seconds per stage, scaled by how far the finished ones were off).
+"""
+import dataclasses
+import fnmatch
+import hashlib
+import json
+import os
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from tqdm import tqdm
+
+import utils
+
+RECORD = 'stage.json'
+
+
+@dataclasses.dataclass
+class Stage:
+  """One unit of work. ``run(stage, folder, inputs) -> outputs`` (JSON-able) computes it in ``folder``;
+  ``inputs`` maps each dependency's name to its outputs. ``estimate``: expected seconds (for the ETA)."""
+  name: str
+  kind: str
+  key: dict
+  run: Callable
+  depends: Tuple[str, ...] = ()
+  estimate: float = 60.
+  hash: str = ''
+
+
+def _canonical(obj):
+  return json.dumps(obj, sort_keys=True, default=str, separators=(',', ':'))
+
+
+def resolve_hashes(plan: Sequence[Stage]) -> List[Stage]:
+  """Fills ``stage.hash`` in plan order (dependencies must come first); returns the plan. Refuses duplicate
+  names and dependencies that are not earlier in the plan."""
+  done: Dict[str, str] = {}
+  for stage in plan:
+    if stage.name in done:
+      raise ValueError(f'two stages are named {stage.name!r}')
+    missing = [d for d in stage.depends if d not in done]
+    if missing:
+      raise ValueError(f'stage {stage.name!r} depends on {missing}, which do not come before it')
+    text = _canonical({'kind': stage.kind, 'key': stage.key, 'depends': [done[d] for d in stage.depends]})
+    stage.hash = hashlib.sha256(text.encode()).hexdigest()
+    done[stage.name] = stage.hash
+  return list(plan)
+
+
+def folder_of(root, stage: Stage) -> str:
+  return os.path.join(root, f'{stage.name.replace("/", "_")}-{stage.hash[:10]}')
+
+
+def record_of(root, stage: Stage) -> Optional[dict]:
+  """The finished record of ``stage`` (None while it has not run to its end)."""
+  path = os.path.join(folder_of(root, stage), RECORD)
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return None
+  return record if record.get('hash') == stage.hash and record.get('status') == 'done' else None
+
+
+def select(plan: Sequence[Stage], only: Optional[str]) -> List[Stage]:
+  """The stages ``only`` names (comma-separated shell patterns over the names), with every stage they need;
+  all of them without ``only``."""
+  if not only:
+    return list(plan)
+  patterns = [p.strip() for p in only.split(',') if p.strip()]
+  wanted = {s.name for s in plan if any(fnmatch.fnmatchcase(s.name, p) for p in patterns)}
+  if not wanted:
+    raise ValueError(f'--only {only!r} names no stage of the plan')
+  by_name = {s.name: s for s in plan}
+  stack = list(wanted)
+  while stack:
+    for dep in by_name[stack.pop()].depends:
+      if dep not in wanted:
+        wanted.add(dep)
+        stack.append(dep)
+  return [s for s in plan if s.name in wanted]
+
+
+def describe(root, plan: Sequence[Stage]) -> str:
+  """The plan as text: one line per stage (done or to run, its estimate), and the estimated total to run."""
+  lines, total = [], 0.
+  for s in plan:
+    done = record_of(root, s) is not None
+    if not done:
+      total += s.estimate
+    lines.append(f'{"done" if done else "run ":4} {s.name:48} {s.kind:10} ~{s.estimate / 60:6.1f} min  {s.hash[:10]}')
+  lines.append(f'{sum(record_of(root, s) is None for s in plan)} of {len(plan)} stages to run, estimated '
+               f'{total / 3600:.2f} h on this machine')
+  return '\n'.join(lines)
+
+
+def run_plan(root, plan: Sequence[Stage], progress=True, log=print, on_done=None) -> List[str]:
+  """Runs every stage of ``plan`` that is not done (in order), each in its folder, writing its record at its
+  end and then calling ``on_done(stage)``; returns the names of the stages that ran. The ETA scales the
+  remaining estimates by the ratio of measured to estimated time so far."""
+  os.makedirs(root, exist_ok=True)
+  outputs, ran = {}, []
+  todo = [s for s in plan if record_of(root, s) is None]
+  spent = estimated = 0.
+  bar = tqdm(total=len(plan), initial=len(plan) - len(todo), disable=not progress, desc='plan', dynamic_ncols=True)
+  try:
+    for stage in plan:
+      record = record_of(root, stage)
+      if record is not None:
+        outputs[stage.name] = record['outputs']
+        continue
+      remaining = sum(s.estimate for s in todo[len(ran):])
+      eta = remaining * (spent / estimated if estimated else 1.)
+      bar.set_postfix(stage=stage.name, eta=f'{eta / 3600:.2f} h')
+      log(f'stage {stage.name} ({stage.kind}, {stage.hash[:10]}): running; about {eta / 3600:.2f} h left')
+      folder = folder_of(root, stage)
+      os.makedirs(folder, exist_ok=True)
+      start = time.time()
+      result = stage.run(stage, folder, {d: outputs[d] for d in stage.depends})
+      seconds = time.time() - start
+      record = {'name': stage.name, 'kind': stage.kind, 'hash': stage.hash, 'key': stage.key,
+                'depends': list(stage.depends), 'status': 'done', 'seconds': seconds, 'outputs': result}
+      utils.atomic_write_text(os.path.join(folder, RECORD), json.dumps(record, indent=2, default=float))
+      outputs[stage.name] = result
+      ran.append(stage.name)
+      if on_done is not None:
+        on_done(stage)
+      spent, estimated = spent + seconds, estimated + stage.estimate
+      bar.update(1)
+  finally:
+    bar.close()
+  return ran

@@ -1,0 +1,94 @@
+"""The reproduction benchmark's plan and caching on a tiny grid: a second run recomputes nothing, a changed key
+recomputes only its stages, a killed stage resumes, and --only / --dry-run do what they say."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks import reproduce
+from experiments import stages
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_hashes_follow_keys_and_dependencies():
+  calls = []
+  run = lambda s, folder, inputs: calls.append(s.name) or {'n': len(calls)}   # noqa: E731
+  plan = lambda b: stages.resolve_hashes([stages.Stage('a', 'x', {'v': 1}, run),                # noqa: E731
+                                          stages.Stage('b', 'x', {'v': b}, run, ('a',)),
+                                          stages.Stage('c', 'x', {'v': 3}, run, ('b',)),
+                                          stages.Stage('d', 'x', {'v': 4}, run, ('a',))])
+  one, two = plan(2), plan(5)
+  assert [s.hash == t.hash for s, t in zip(one, two)] == [True, False, False, True]
+  with pytest.raises(ValueError, match='do not come before'):
+    stages.resolve_hashes([stages.Stage('b', 'x', {}, run, ('a',)), stages.Stage('a', 'x', {}, run)])
+  with pytest.raises(ValueError, match='two stages are named'):
+    stages.resolve_hashes([stages.Stage('a', 'x', {}, run), stages.Stage('a', 'x', {}, run)])
+  assert [s.name for s in stages.select(one, 'c')] == ['a', 'b', 'c']
+  with pytest.raises(ValueError, match='names no stage'):
+    stages.select(one, 'zzz')
+
+
+def test_tiny_grid_runs_once_then_recomputes_only_what_changed(tmp_path):
+  only = 'eval/unseen/*s42,eval/toy-ratio/*s42'
+  plan = stages.select(reproduce.build_plan('tiny'), only)
+  assert [s.name for s in plan] == ['classifier/tiny', 'train/unseen/tiny/centre/s42', 'train/toy-ratio/tiny/centre/s42',
+                                    'eval/unseen/tiny/centre/s42', 'eval/toy-ratio/tiny/centre/s42']
+  root = str(tmp_path / 'tiny')
+  ran = stages.run_plan(root, plan, progress=False, log=lambda m: None)
+  assert ran == [s.name for s in plan]
+  with open(stages.record_of(root, plan[3])['outputs']['results']) as f:
+    assert json.load(f)['nll_bpd']['forget']['n'] > 0
+  assert stages.run_plan(root, plan, progress=False, log=lambda m: None) == []          # nothing to redo
+  changed = stages.select(reproduce.build_plan('tiny', {'eval.bpd_num_samples': 30}), only)
+  assert stages.run_plan(root, changed, progress=False, log=lambda m: None) == \
+    ['eval/unseen/tiny/centre/s42', 'eval/toy-ratio/tiny/centre/s42']                    # the trainings are kept
+  retrained = stages.select(reproduce.build_plan('tiny', {'optim.lr': 5e-4}), 'eval/unseen/*s42')
+  assert stages.run_plan(root, retrained, progress=False, log=lambda m: None) == \
+    ['train/unseen/tiny/centre/s42', 'eval/unseen/tiny/centre/s42']
+  assert 'stages to run' in stages.describe(root, changed)
+  out = reproduce.copy_results(root, changed, str(tmp_path / 'results'), 'tiny')
+  assert out == 3 and (tmp_path / 'results' / 'tiny' / 'eval__unseen__tiny__centre__s42.json').exists()
+
+
+def test_a_killed_training_stage_resumes(tmp_path):
+  args = [sys.executable, str(ROOT / 'benchmarks' / 'reproduce.py'), '--workdir', str(tmp_path), '--part', 'tiny',
+          '--only', 'train/unseen/*s42', '--noprogress', '--set', 'training.n_iters=3000', '--set',
+          'training.snapshot_freq=3000', '--set', 'training.snapshot_freq_for_preemption=100']
+  p = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       env=dict(os.environ, OMP_NUM_THREADS='1'))
+  plan = stages.select(reproduce.build_plan('tiny', {'training.n_iters': 3000, 'training.snapshot_freq': 3000,
+                                                     'training.snapshot_freq_for_preemption': 100}),
+                       'train/unseen/*s42')
+  meta = Path(stages.folder_of(str(tmp_path / 'tiny'), plan[-1])) / 'checkpoints-meta' / 'checkpoint.pth'
+  try:
+    deadline = time.time() + 90
+    while not meta.exists() and time.time() < deadline:
+      time.sleep(0.2)
+    assert meta.exists()
+  finally:
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+  assert stages.record_of(str(tmp_path / 'tiny'), plan[-1]) is None      # killed: not done
+  assert subprocess.run(args, cwd=ROOT, capture_output=True, env=dict(os.environ, OMP_NUM_THREADS='1'),
+                        timeout=300).returncode == 0
+  record = stages.record_of(str(tmp_path / 'tiny'), plan[-1])
+  assert record['outputs']['step'] == 3000
+  log = (meta.parent.parent / 'stdout.txt').read_text()
+  assert 'resuming from' in log
+
+
+def test_dry_run_prints_the_plan_and_bad_input_is_one_line(tmp_path, capsys):
+  assert reproduce.main(['--workdir', str(tmp_path), '--part', 'tiny', '--dry-run']) == 0
+  out = capsys.readouterr().out
+  assert 'train/standard/tiny/s42' in out and 'relearn/vdu/tiny/centre/s42' in out and 'stages to run' in out
+  assert reproduce.main(['--workdir', str(tmp_path), '--part', 'cifar']) == 1
+  assert "unknown part 'cifar'" in capsys.readouterr().err
+  assert reproduce.main(['--workdir', str(tmp_path), '--part', 'tiny', '--set', 'training.nonsense=1',
+                         '--dry-run']) == 1
+  assert "unknown config key 'training.nonsense'" in capsys.readouterr().err
