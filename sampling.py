@@ -28,6 +28,7 @@ import torchdiffeq
 from scipy import integrate
 from tqdm.auto import tqdm
 
+import conditioning
 import sde_lib
 from cuda_graphs import maybe_graphed
 from models import utils as mutils
@@ -531,6 +532,21 @@ def resolve_eps(config, sde, eps=None) -> float:
   return float(sde.default_sampling_eps)
 
 
+def class_labels_for(model, labels, batch, device, config):
+  """The class labels [B] a sampler feeds ``model``: ``labels`` or the config's (``conditioning``) for a
+  class-conditional model, None for an unconditional one (which refuses ``labels``)."""
+  k = conditioning.model_num_classes(model)
+  if not k:
+    if labels is not None:
+      raise ValueError('class labels were given to sample a model that is not class-conditional')
+    return None
+  if labels is None:
+    labels = conditioning.sampling_labels(config, batch)
+  if tuple(labels.shape) != (batch,):
+    raise ValueError(f'labels has shape {tuple(labels.shape)}, expected ({batch},)')
+  return conditioning.check_labels(labels, k).to(device)
+
+
 def get_sampling_fn(config, sde, shape, inverse_scaler, eps=None, progress=False):
   """The sampler selected by ``config.sampling.method`` ('pc' or 'ode').
 
@@ -546,11 +562,15 @@ def get_sampling_fn(config, sde, shape, inverse_scaler, eps=None, progress=False
     progress: show a tqdm progress bar.
 
   Returns:
-    ``sampling_fn(model, z=None, generator=None) -> (samples [B, ...], nfe)``. ``z`` is the starting
-    prior sample (drawn with ``generator`` when omitted); the device and dtype are ``z``'s, or else the
-    model's. ``nfe`` counts the network evaluations actually made. The PC sampler uses the score
-    parameterisation of ``config.training.continuous``; the ODE sampler, as score_sde, always conditions
-    on continuous time (smooth in t; for VP it coincides with the discrete labels when N = 1000).
+    ``sampling_fn(model, z=None, generator=None, labels=None) -> (samples [B, ...], nfe)``. ``z`` is the
+    starting prior sample (drawn with ``generator`` when omitted); the device and dtype are ``z``'s, or else
+    the model's. ``nfe`` counts the network evaluations actually made (score evaluations: one with
+    classifier-free guidance scale 0 or 1, otherwise each is one pass over a batch of 2B). The PC sampler
+    uses the score parameterisation of ``config.training.continuous``; the ODE sampler, as score_sde, always
+    conditions on continuous time (smooth in t; for VP it coincides with the discrete labels when N = 1000).
+    A class-conditional model samples the classes ``labels`` [B] (default: ``config.sampling.labels`` for
+    samples 0 … B−1 as class indices; callers that know the class names pass ``labels``) with guidance ``config.sampling.guidance``; an
+    unconditional model refuses labels.
   """
   config = default_configs.with_defaults(config)
   shape = tuple(shape)
@@ -583,8 +603,13 @@ def get_sampling_fn(config, sde, shape, inverse_scaler, eps=None, progress=False
   else:
     raise ValueError(f"unknown sampling method {s.method!r}; valid: ode, pc")
 
-  def sampling_fn(model, z=None, generator=None):
-    """Samples ``shape`` from ``model`` (prior draw ``z`` optional); returns ``(inverse_scaler(x), nfe)``."""
+  guidance = float(s.get('guidance', 1.))
+  if guidance < 0:
+    raise ValueError(f'config.sampling.guidance must be >= 0 (0: unconditional, 1: conditional), got {guidance}')
+
+  def sampling_fn(model, z=None, generator=None, labels=None):
+    """Samples ``shape`` from ``model`` (prior draw ``z`` and classes ``labels`` optional); returns
+    ``(inverse_scaler(x), nfe)``."""
     with torch.no_grad():
       if z is None:
         device, dtype = _model_device_dtype(model)
@@ -594,7 +619,9 @@ def get_sampling_fn(config, sde, shape, inverse_scaler, eps=None, progress=False
         if tuple(z.shape) != shape:
           raise ValueError(f'z has shape {tuple(z.shape)}, expected {shape}')
         x = z
-      score_fn = mutils.get_score_fn(sde, model, train=False, continuous=continuous)
+      y = class_labels_for(model, labels, shape[0], x.device, config)
+      score_fn = mutils.get_score_fn(sde, model, train=False, continuous=continuous, class_labels=y,
+                                     guidance=guidance)
       x, nfe = run(score_fn, x, generator)
       return inverse_scaler(x), nfe
 

@@ -192,12 +192,33 @@ def _describe(keys, limit=8):
   return ', '.join(keys[:limit]) + more
 
 
+_LABEL_KEY = 'label_embedding.weight'
+
+
+def _check_class_conditional(incoming, own, path):
+  """One line when a class-conditional checkpoint meets an unconditional config, or the reverse, or the
+  numbers of classes differ (the label embedding has num_classes + 1 rows)."""
+  has_file, has_model = _LABEL_KEY in incoming, _LABEL_KEY in own
+  if has_file and not has_model:
+    k = incoming[_LABEL_KEY].shape[0] - 1
+    raise CheckpointError(f'{path} is a class-conditional checkpoint ({k} classes) but the config is unconditional: '
+                          f'set --config.model.class_conditional=True --config.model.num_classes={k}')
+  if has_model and not has_file:
+    raise CheckpointError(f'{path} is an unconditional checkpoint but config.model.class_conditional=True: set '
+                          '--config.model.class_conditional=False')
+  if has_file and incoming[_LABEL_KEY].shape[0] != own[_LABEL_KEY].shape[0]:
+    k, mine = incoming[_LABEL_KEY].shape[0] - 1, own[_LABEL_KEY].shape[0] - 1
+    raise CheckpointError(f'{path} was trained for {k} classes but config.model.num_classes={mine}: set '
+                          f'--config.model.num_classes={k}')
+
+
 def load_model_state(model, state_dict, path='checkpoint'):
   """Loads a model state dict strictly; a mismatch names the missing, unexpected and mis-shaped keys."""
   if not isinstance(state_dict, dict):
     raise CheckpointError(f"{path}: 'model' entry is a {type(state_dict).__name__}, not a state dict")
   incoming = strip_module_prefix(state_dict)
   own = model.state_dict()
+  _check_class_conditional(incoming, own, path)
   missing = set(own) - set(incoming)
   unexpected = set(incoming) - set(own)
   shapes = [f'{k} (file {tuple(incoming[k].shape)}, model {tuple(own[k].shape)})'

@@ -32,6 +32,9 @@ class Method:
   read at all). ``forget_data``: whether D_f batches are drawn. ``build(ctx) -> Objective``.
   ``needs``: what the method needs besides the data (for docs and error messages); ``keys``: the config
   keys it reads; ``presets``: named settings (``--config.unlearn.preset``); ``paper``: where it comes from.
+  ``class_conditional``: the method trains class-conditional networks too (``config.model.class_conditional``:
+  its data batches are ``(x, y)`` pairs, ``losses.split_batch``); the others refuse them.
+  ``configure(config)``: called before the state is built, to set what the method fixes (e.g. its optimiser).
   """
   name: str
   build: Callable
@@ -45,6 +48,8 @@ class Method:
   paper: str = ''
   presets: dict = dataclasses.field(default_factory=dict)
   trains_on: str = ''   # for the docs' table, where ``retain_data`` does not say it all
+  class_conditional: bool = False
+  configure: Optional[Callable] = None
 
 
 _METHODS = {}
