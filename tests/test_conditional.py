@@ -1,6 +1,7 @@
 """Class-conditional score networks (``model.class_conditional``): the label changes the output, the null label
 is the unconditional branch of classifier-free guidance, unconditional networks and checkpoints are unchanged,
 mismatched checkpoints and bad labels are refused with one line, and conditional training runs on the toy."""
+import json
 import os
 
 import pytest
@@ -13,6 +14,8 @@ import run_lib
 import sampling
 import sde_lib
 import utils
+from evaluation import run as eval_run
+from evaluation import unlearning_ratio as ur_lib
 from models import utils as mutils
 from test_models_ncsnpp_ddpm import tiny_config, tiny_labels
 from toy_configs import tiny_toy_config
@@ -193,3 +196,32 @@ def test_conditional_training_and_sampling_on_the_toy(tmp_path):
   _, plain_model = build('mlp', cond=False)
   with pytest.raises(ValueError, match='not class-conditional'):
     fn(plain_model, labels=torch.tensor([0, 1, 2, 0]))
+  # --mode eval: the Unlearning Ratio per requested class (exact classifier of the toy)
+  cfg.sampling.labels = ''
+  cfg.eval.enable_bpd, cfg.eval.num_samples, cfg.eval.batch_size = False, 30, 16
+  res = eval_run.evaluate(cfg, w, 'standard', progress=False)
+  per = res['unlearning_ratio_per_label']
+  assert [per['per_label'][n]['num_samples'] for n in ('left', 'centre', 'right')] == [10, 10, 10]
+  assert per['forget']['num_samples'] == 10 and per['retain']['num_samples'] == 20
+  assert per['forget']['unlearning_accuracy'] == pytest.approx(100. - per['per_label']['centre']['percent'])
+  assert res['sampler']['guidance'] == 1.
+  assert 'asked for a forget class' in eval_run.markdown(res)
+  on_disk = json.loads((tmp_path / 'cond' / 'eval' / 'results.json').read_text())
+  assert on_disk['unlearning_ratio_per_label'] == json.loads(json.dumps(per))
+
+
+def test_per_label_unlearning_ratio_by_hand():
+  names = ['a', 'b', 'c']
+  pred = torch.tensor([0, 0, 1, 1, 1, 2, 2, 0])
+  req = torch.tensor([0, 0, 1, 1, 0, 2, 1, 1])
+  out = ur_lib.per_label(pred, req, [1], names)
+  b = out['per_label']['b']
+  assert (b['num_samples'], b['num_assigned'], b['forget']) == (4, 2, True)
+  assert b['percent'] == 50. and b['unlearning_accuracy'] == 50.
+  assert b['histogram'] == {'a': 1, 'b': 2, 'c': 1}
+  assert out['per_label']['a']['percent'] == pytest.approx(200. / 3) and 'unlearning_accuracy' not in out['per_label']['a']
+  assert out['forget']['percent'] == 50. and out['retain']['num_samples'] == 4 and out['retain']['percent'] == 75.
+  lo, hi = out['forget']['ci95']
+  assert lo < 50. < hi
+  with pytest.raises(ValueError, match='out of range'):
+    ur_lib.per_label(pred, req + 1, [1], names)
