@@ -239,7 +239,11 @@ def _train(config, workdir, method, finetune, progress, main):
                                              sampling_eps(config, sde))
     state, how = _start_state(config, workdir, finetune, device)
     objective = unlearning.build_objective(method, config, sde, data, device, state['model'], True, how, workdir,
-                                           int(state['step']))
+                                           int(state['step']), state.get('extra') if how == 'resumed' else None)
+    one_step = objective.checkpoint_entries().get('generator')
+    if one_step is not None and sampling_fn is not None:   # snapshots of a one-step generator
+      sampling_fn = sampling.get_one_step_sampling_fn(config, sde, (n,) + tuple(data.shape), inverse_scaler,
+                                                      one_step['t_init'])
     eval_objective = unlearning.build_objective(method, config, sde, data, device, state['model'], False, 'eval')
     if speed['precision'] == 'fp16' and objective.manual_backward:
       raise TrainingError(f"training.precision='fp16' cannot scale the gradients that --task {method.name} combines "
@@ -353,6 +357,7 @@ def _train(config, workdir, method, finetune, progress, main):
 
   def save(path):
     state['rng'] = rng_state(device)
+    state.update(objective.checkpoint_entries())
     utils.save_checkpoint(path, dict(state, config=config))
     if stats is not None:
       stats.write(int(state['step']))

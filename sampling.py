@@ -626,3 +626,60 @@ def get_sampling_fn(config, sde, shape, inverse_scaler, eps=None, progress=False
       return inverse_scaler(x), nfe
 
   return sampling_fn
+
+
+# ----------------------------------------------------------------------------------------------------
+# One-step generators (a score network distilled into G(z, y), e.g. by SFD)
+# ----------------------------------------------------------------------------------------------------
+
+def marginal_coefficients(sde, t):
+  """``(m_t, σ_t)`` [B] of ``x_t = m_t x_0 + σ_t z`` at times ``t`` [B]."""
+  mean, std = sde.marginal_prob(torch.ones_like(t), t)
+  return mean, std
+
+
+def denoise(score_fn, sde, x, t):
+  """Tweedie's estimate E[x_0 | x_t = x] = (x + σ_t² s(x, t)) / m_t for ``x`` [B, ...] at times ``t`` [B]."""
+  m, std = marginal_coefficients(sde, t)
+  return (x + append_dims(std ** 2, x.ndim) * score_fn(x, t)) / append_dims(m, x.ndim)
+
+
+def one_step_generate(sde, model, z, t_init, class_labels=None, train=False, continuous=True):
+  """G(z, y) = x̂_0: the denoiser of ``model`` at the fixed time ``t_init`` (in (0, T]) applied to x = σ_init z.
+
+  ``z`` [B, ...] standard normal, ``class_labels`` [B] (class-conditional networks; None: the null label) ->
+  [B, ...] in the model's data range; one network evaluation. As SFD's generator: the noised input holds no
+  data part (x = σ_init z), and the network's x̂_0 is the sample.
+  """
+  t = torch.full((z.shape[0],), float(t_init), device=z.device, dtype=z.dtype)
+  _, std = marginal_coefficients(sde, t)
+  x = append_dims(std, z.ndim) * z
+  score_fn = mutils.get_score_fn(sde, model, train=train, continuous=continuous, class_labels=class_labels)
+  return denoise(score_fn, sde, x, t)
+
+
+def get_one_step_sampling_fn(config, sde, shape, inverse_scaler, t_init):
+  """The sampler of a one-step generator checkpoint (``utils.EXTRA_ENTRIES``' ``generator``): the same
+  ``sampling_fn(model, z=None, generator=None, labels=None) -> (samples [B, ...], nfe = 1)`` as
+  ``get_sampling_fn``, with ``z`` a standard normal draw [B, ...] (``generator`` draws it when omitted) and the
+  classes of a class-conditional generator as there."""
+  config = default_configs.with_defaults(config)
+  shape = tuple(shape)
+  t_init = float(t_init)
+  if not 0. < t_init <= sde.T:
+    raise ValueError(f'the generator time t_init={t_init} must be in (0, {sde.T}]')
+  continuous = bool(config.training.continuous)
+
+  def sampling_fn(model, z=None, generator=None, labels=None):
+    with torch.no_grad():
+      if z is None:
+        device, dtype = _model_device_dtype(model)
+        draw_device = device if generator is None else generator.device
+        z = torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)
+      elif tuple(z.shape) != shape:
+        raise ValueError(f'z has shape {tuple(z.shape)}, expected {shape}')
+      y = class_labels_for(model, labels, shape[0], z.device, config)
+      x = one_step_generate(sde, model, z, t_init, y, continuous=continuous)
+      return inverse_scaler(x), 1
+
+  return sampling_fn

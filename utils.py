@@ -280,7 +280,7 @@ def restore_checkpoint(ckpt_path, state, device):
     except (KeyError, ValueError, TypeError) as e:
       raise CheckpointError(f'{ckpt_path}: the optimizer state does not match the model ({e})') from None
   state['step'] = int(loaded['step'])
-  for key in ('rng', 'config', 'epoch'):
+  for key in ('rng', 'config', 'epoch') + EXTRA_ENTRIES:
     if key in loaded:
       state[key] = loaded[key]
   return state
@@ -382,8 +382,16 @@ def atomic_write_text(path, text):
   atomic_write(path, lambda f: f.write(text), mode='w')
 
 
+#: entries a method may add to its checkpoints (``Objective.checkpoint_entries``): ``generator`` marks a one-step
+#: generator (``{'method', 't_init', 'continuous', ...}``: sampled in one network evaluation, see
+#: ``sampling.get_one_step_sampling_fn``); ``extra`` holds what the method needs to resume (e.g. SFD's fake
+#: score network and its optimiser).
+EXTRA_ENTRIES = ('generator', 'extra')
+
+
 def save_checkpoint(ckpt_path, state):
-  """Saves ``state`` in the official layout (plus 'config', 'rng' and the 'sha256' of everything else),
+  """Saves ``state`` in the official layout (plus 'config', 'rng', the ``EXTRA_ENTRIES`` a method adds and the
+  'sha256' of everything else),
   atomically. Weights that are not finite, or have blown up, are never written: ``CheckpointError``."""
   problem = state_problem(state)
   if problem is not None:
@@ -399,6 +407,9 @@ def save_checkpoint(ckpt_path, state):
     saved['config'] = cfg if isinstance(cfg, str) else config_to_json(cfg)
   if state.get('rng') is not None:
     saved['rng'] = state['rng']
+  for key in EXTRA_ENTRIES:
+    if state.get(key) is not None:
+      saved[key] = state[key]
   saved['sha256'] = tensors_sha256(saved)
   atomic_torch_save(saved, ckpt_path)
 

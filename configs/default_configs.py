@@ -211,6 +211,17 @@ def get_base_config():
   vdu.samples = 1000                     # single-checkpoint fallback: generated samples for the diagonal Fisher
   vdu.fisher_times = 8
   vdu.variance_floor = 1e-8              # added to each variance (several checkpoints)
+  config.sfd = sfd = ml_collections.ConfigDict()          # --task sfd: Score Forgetting Distillation (class-conditional)
+  sfd.t_init = 0.44                      # the generator's fixed time, a fraction of T (SFD: step 440 of 1000)
+  sfd.t_min = 0.038                      # distillation times t ~ U[t_min, t_max) (SFD: steps 38 … 712 of 1000)
+  sfd.t_max = 0.712
+  sfd.alpha = 1.2                        # α of the score-identity loss
+  sfd.fake_forget_weight = 0.01          # weight of the fake network's denoising loss on forget-class samples
+  sfd.generator_forget_weight = 0.01     # weight of the forgetting term (teacher given the remapped class)
+  sfd.remap = ''                         # 'f:r,…' class indices; '' = each forget class to the next retained class
+  sfd.lr = 1e-5                          # Adam of both networks, β = (beta1, 0.999)
+  sfd.beta1 = 0.
+  sfd.grad_clip = 1.                     # gradients clipped by value
 
   # The relearning attack (--mode relearn; evaluation/relearn.py, docs/evaluation.md): fine-tune the evaluated
   # model on k D_f training items and measure the Unlearning Ratio after each listed number of attack steps.

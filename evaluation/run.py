@@ -68,12 +68,14 @@ def checkpoints_to_evaluate(config, workdir):
   return [(p, int(utils.load_file(p).get('step', -1))) for p in paths]
 
 
-def generate_samples(config, sde, model, shape, inverse_scaler, device, progress, shard=False, class_names=None):
+def generate_samples(config, sde, model, shape, inverse_scaler, device, progress, shard=False, class_names=None,
+                     one_step=None):
   """``eval.num_samples`` samples in batches of ``eval.batch_size``; returns (samples [N, ...] on the CPU, nfe).
 
   A class-conditional model draws sample i of the class ``conditioning.sampling_labels`` gives index i
   (``config.sampling.labels`` cycled, by ``class_names``), so the classes asked for do not depend on the batch
-  size either (``requested_labels``).
+  size either (``requested_labels``). ``one_step``: the ``generator`` entry of a one-step generator checkpoint
+  (SFD): sample i is G(z_i, y_i) with z_i standard normal from the same seed, one network evaluation per batch.
 
   The prior draw of sample i uses a generator seeded from (seed, i), so the starting noise of every
   sample is independent of the batch size; a deterministic sampler (probability-flow PC) then gives the
@@ -87,10 +89,15 @@ def generate_samples(config, sde, model, shape, inverse_scaler, device, progress
   def one(b):
     start = b * bs
     size = min(bs, n - start)
-    z = torch.stack([sde.prior_sampling(shape, generator=torch.Generator().manual_seed(
-      datasets.derive_seed(config.seed, 'sample', start + i))) for i in range(size)]).to(device)
-    fn = sampling.get_sampling_fn(config, sde, (size,) + tuple(shape), inverse_scaler,
-                                  run_lib.sampling_eps(config, sde), progress=progress)
+    draw = (lambda g: torch.randn(tuple(shape), generator=g)) if one_step is not None else \
+      (lambda g: sde.prior_sampling(shape, generator=g))
+    z = torch.stack([draw(torch.Generator().manual_seed(datasets.derive_seed(config.seed, 'sample', start + i)))
+                     for i in range(size)]).to(device)
+    if one_step is not None:
+      fn = sampling.get_one_step_sampling_fn(config, sde, (size,) + tuple(shape), inverse_scaler, one_step['t_init'])
+    else:
+      fn = sampling.get_sampling_fn(config, sde, (size,) + tuple(shape), inverse_scaler,
+                                    run_lib.sampling_eps(config, sde), progress=progress)
     gen = torch.Generator(device=device).manual_seed(datasets.derive_seed(config.seed, 'sampler', start))
     with torch.no_grad():
       if conditional:
@@ -268,6 +275,9 @@ def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features
     for path, step in ckpts:
       logging.info('evaluating %s (step %d)', path, step)
       model, state = run_lib.load_ema_model(config, path, device)
+      one_step = state.get('generator')
+      if one_step is not None:
+        _check_one_step(config, path, downstream_tasks)
       results = {'task': method.name, 'dataset': data.name, 'forget': list(data.forget_names), 'checkpoint': path,
                  'step': step, 'unlearning_ratio': None, 'nll_bpd': None, 'fid': None, 'sampler': None,
                  'classifier': classifier.describe() if classifier is not None else None}
@@ -302,15 +312,21 @@ def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features
       if sampling_on:
         with _failure_names(path, 'sampling'):
           samples, nfe = generate_samples(config, sde, model, data.shape, inverse, device, progress, shard=group,
-                                          class_names=data.class_names)
+                                          class_names=data.class_names, one_step=one_step)
         non_finite = int((~torch.isfinite(samples.reshape(samples.shape[0], -1)).all(dim=1)).sum())
         if non_finite:
           raise EvaluationError(f'{non_finite} of {len(samples)} samples of {path} hold NaN or ±inf '
                                 '(unlearning_ratio.non_finite): the model is broken (a diverged run?), so no '
                                 'Unlearning Ratio or FID is reported')
         s = config.sampling
-        results['sampler'] = {'method': s.method, 'predictor': s.predictor, 'corrector': s.corrector,
-                              'steps': sde.N if s.method == 'pc' else None, 'nfe': nfe}
+        batches = -(-int(ev.num_samples) // int(ev.batch_size))
+        if one_step is not None:
+          results['sampler'] = {'method': 'one_step', 'predictor': 'none', 'corrector': 'none', 'steps': 1,
+                                'nfe': nfe, 'nfe_per_sample': 1, 'generator': dict(one_step)}
+        else:
+          results['sampler'] = {'method': s.method, 'predictor': s.predictor, 'corrector': s.corrector,
+                                'steps': sde.N if s.method == 'pc' else None, 'nfe': nfe,
+                                'nfe_per_sample': nfe / batches}
         requested = requested_labels(config, model, len(samples), data.class_names)
         if requested is not None:
           results['sampler'].update(labels=s.labels, guidance=float(s.guidance))
@@ -343,6 +359,17 @@ def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features
       logging.get_absl_logger().removeHandler(handler)
       handler.close()
   return results
+
+
+def _check_one_step(config, path, downstream_tasks):
+  """Refuses, for a one-step generator checkpoint, what needs a score model (one line)."""
+  ev = config.eval
+  wanted = [k for k, on in (('eval.enable_bpd', ev.enable_bpd), ('eval.enable_mia', ev.enable_mia),
+                            ('eval.enable_loss', ev.enable_loss),
+                            ('eval.inpaint / eval.reconstruct', downstream_tasks is not None)) if on]
+  if wanted:
+    raise EvaluationError(f'{path} is a one-step generator (SFD), not a score model: it has no likelihood, loss or '
+                          f'restoration; set {", ".join(wanted)} off')
 
 
 class _LazyWriter:
