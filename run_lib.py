@@ -535,6 +535,14 @@ class TrainStats:
     utils.atomic_write_text(self.path, json.dumps(out, indent=2))
 
 
+def require_score_model(state, path, what):
+  """Refuses (one ``ValueError`` line) a one-step generator checkpoint (SFD's, ``utils.EXTRA_ENTRIES``) where
+  ``what`` needs a score model."""
+  if state.get('generator') is not None:
+    raise ValueError(f'{path} is a one-step generator ({state["generator"].get("method", "?")}), not a score model: '
+                     f'{what} needs a score model')
+
+
 def latest_checkpoint(workdir):
   """The path and step of the most advanced checkpoint: the kept one with the largest K in
   W/checkpoints/checkpoint_K.pth or the resume checkpoint W/checkpoints-meta/checkpoint.pth, whichever

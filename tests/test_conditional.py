@@ -175,6 +175,10 @@ def test_conditional_training_and_sampling_on_the_toy(tmp_path):
   assert state['step'] == 20
   samples = torch.load(os.path.join(w, 'samples', 'iter_20', 'sample.pt'))
   assert samples.shape == (6, 2) and torch.isfinite(samples).all()
+  # the speed engine passes the labels too (bf16 autocast on the CPU)
+  fast = conditional(tiny_toy_config(n_iters=3))
+  fast.training.precision = 'bf16'
+  assert run_lib.train(fast, str(tmp_path / 'bf16'), 'standard', progress=False)['step'] == 3
   # a conditional checkpoint fine-tuned from an unconditional config is refused before anything is written
   plain = tiny_toy_config(n_iters=2)
   plain.training.pretrained = os.path.join(w, 'checkpoints', 'checkpoint_1.pth')

@@ -96,7 +96,11 @@ def test_refusals(tmp_path, teacher):
   bad.sfd.t_min, bad.sfd.t_max = 0.5, 0.2
   with pytest.raises(ValueError, match='sfd.t_min/t_max'):
     run_lib.train(bad, str(tmp_path / 'c'), 'sfd', finetune=True, progress=False)
-  for name in 'abc':
+  fast = sfd_config(teacher, 2)
+  fast.training.precision = 'bf16'
+  with pytest.raises(ValueError, match='--task sfd runs in one process in fp32 eager mode'):
+    run_lib.train(fast, str(tmp_path / 'd'), 'sfd', finetune=True, progress=False)
+  for name in 'abcd':
     assert not os.path.exists(tmp_path / name)
 
 
@@ -147,6 +151,10 @@ def test_sfd_forgets_the_centre_into_the_right_component_without_reading_data(tm
   cfg.eval.enable_bpd = True
   with pytest.raises(eval_run.EvaluationError, match='one-step generator'):
     eval_run.evaluate(cfg, w, 'sfd', 'eval2', progress=False)
+  from evaluation import relearn
+  with pytest.raises(ValueError, match='one-step generator .sfd., not a score model: the relearning attack'):
+    relearn.run_relearn(cfg, w, 'sfd', 'eval3', progress=False)
+  assert not os.path.exists(os.path.join(w, 'eval3'))
 
 
 def test_the_report_adds_unlearning_accuracy_and_nfe_rows():

@@ -40,6 +40,7 @@ from absl import logging
 
 import conditioning
 import datasets
+import runtime
 import sampling
 import train_state
 from unlearning.base import Method, Objective, register
@@ -240,6 +241,9 @@ def build(ctx):
     raise ValueError('--task sfd distils a class-conditional network: fine-tune from a checkpoint trained with '
                      'config.model.class_conditional=True (pseudo-labels for unconditional models are not '
                      'implemented)')
+  if runtime.needs_engine(config):
+    raise ValueError('--task sfd runs in one process in fp32 eager mode (two networks, two optimisers): set '
+                     "training.precision='fp32', channels_last=False, compile='' and start it without torchrun")
   if ctx.start not in ('finetune', 'resumed'):
     raise ValueError('--task sfd distils a pretrained model: run it with --finetune '
                      '--config.training.pretrained=PATH (a class-conditional checkpoint)')
