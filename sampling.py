@@ -662,10 +662,13 @@ def get_one_step_sampling_fn(config, sde, shape, inverse_scaler, t_init):
   """The sampler of a one-step generator checkpoint (``utils.EXTRA_ENTRIES``' ``generator``): the same
   ``sampling_fn(model, z=None, generator=None, labels=None) -> (samples [B, ...], nfe = 1)`` as
   ``get_sampling_fn``, with ``z`` a standard normal draw [B, ...] (``generator`` draws it when omitted) and the
-  classes of a class-conditional generator as there."""
+  classes of a class-conditional generator as there (without guidance: ``sampling.guidance`` must be 1)."""
   config = default_configs.with_defaults(config)
   shape = tuple(shape)
   t_init = float(t_init)
+  if float(config.sampling.get('guidance', 1.)) != 1.:
+    raise ValueError(f'a one-step generator samples its distilled conditional model: config.sampling.guidance must '
+                     f'be 1, got {config.sampling.guidance}')
   if not 0. < t_init <= sde.T:
     raise ValueError(f'the generator time t_init={t_init} must be in (0, {sde.T}]')
   continuous = bool(config.training.continuous)

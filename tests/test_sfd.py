@@ -80,6 +80,9 @@ def test_one_step_generator_shape_and_determinism(style):
   torch.testing.assert_close(c, sampling.one_step_generate(sde, model, z, 0.44, y), rtol=0, atol=0)
   with pytest.raises(ValueError, match='t_init'):
     sampling.get_one_step_sampling_fn(cfg, sde, shape, lambda x: x, 0.)
+  cfg.sampling.guidance = 2.
+  with pytest.raises(ValueError, match='guidance must be 1'):
+    sampling.get_one_step_sampling_fn(cfg, sde, shape, lambda x: x, 0.44)
 
 
 def test_refusals(tmp_path, teacher):
