@@ -35,6 +35,18 @@ def num_classes(config):
   return k
 
 
+def check_sampling(config):
+  """Refuses ``sampling.labels`` or a guidance scale other than 1 for an unconditional config (they would be
+  ignored), and a negative guidance scale."""
+  s = config.sampling
+  w = float(s.get('guidance', 1.))
+  if w < 0:
+    raise ValueError(f'config.sampling.guidance must be >= 0 (0: unconditional, 1: conditional), got {w}')
+  if not num_classes(config) and (str(s.get('labels', '')).strip() or w != 1.):
+    raise ValueError('config.sampling.labels and config.sampling.guidance apply to class-conditional models; this '
+                     'config is unconditional (config.model.class_conditional=False)')
+
+
 def model_num_classes(model):
   """K of a network built by ``models`` (0: unconditional). Works on frozen copies and wrappers alike."""
   return int(getattr(model, 'num_classes', 0) or 0)

@@ -603,9 +603,8 @@ def get_sampling_fn(config, sde, shape, inverse_scaler, eps=None, progress=False
   else:
     raise ValueError(f"unknown sampling method {s.method!r}; valid: ode, pc")
 
+  conditioning.check_sampling(config)
   guidance = float(s.get('guidance', 1.))
-  if guidance < 0:
-    raise ValueError(f'config.sampling.guidance must be >= 0 (0: unconditional, 1: conditional), got {guidance}')
 
   def sampling_fn(model, z=None, generator=None, labels=None):
     """Samples ``shape`` from ``model`` (prior draw ``z`` and classes ``labels`` optional); returns

@@ -131,6 +131,16 @@ def test_bad_settings_and_labels_are_refused():
       conditioning.sampling_labels(cfg, 2, class_names=names)
   with pytest.raises(ValueError, match='out of range'):
     conditioning.check_labels(torch.tensor([0, 4]), 3)
+  plain = tiny_toy_config()
+  for key, value in (('labels', '1'), ('guidance', 2.)):
+    plain.sampling[key] = value
+    with pytest.raises(ValueError, match='apply to class-conditional models'):
+      sampling.get_sampling_fn(plain, sde_lib.get_sde(plain), (2, 2), lambda x: x)
+    plain.sampling.labels, plain.sampling.guidance = '', 1.
+  cfg.sampling.labels, cfg.sampling.guidance = '', -1.
+  with pytest.raises(ValueError, match='guidance must be >= 0'):
+    sampling.get_sampling_fn(cfg, sde_lib.get_sde(cfg), (2, 2), lambda x: x)
+  cfg.sampling.guidance = 1.
   # a class-conditional config on data without class labels, or with another number of classes
   data = datasets.get_dataset(cfg)
 
