@@ -17,8 +17,6 @@ Conventions:
 """
 import torch
 
-NULL_LABEL_NOTE = 'the null label (index num_classes) is the unconditional branch'
-
 
 def num_classes(config):
   """K of a class-conditional config, 0 for an unconditional one; a bad setting raises ``ValueError``."""

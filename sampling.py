@@ -569,8 +569,8 @@ def get_sampling_fn(config, sde, shape, inverse_scaler, eps=None, progress=False
     uses the score parameterisation of ``config.training.continuous``; the ODE sampler, as score_sde, always
     conditions on continuous time (smooth in t; for VP it coincides with the discrete labels when N = 1000).
     A class-conditional model samples the classes ``labels`` [B] (default: ``config.sampling.labels`` for
-    samples 0 … B−1 as class indices; callers that know the class names pass ``labels``) with guidance ``config.sampling.guidance``; an
-    unconditional model refuses labels.
+    samples 0 … B−1 as class indices; callers that know the class names pass ``labels``) with guidance
+    ``config.sampling.guidance``; an unconditional model refuses labels.
   """
   config = default_configs.with_defaults(config)
   shape = tuple(shape)

@@ -43,6 +43,7 @@ import datasets
 import runtime
 import sampling
 import train_state
+from models import utils as mutils
 from unlearning.base import Method, Objective, register
 from unlearning.needs import NeedError
 
@@ -82,8 +83,6 @@ class SFDObjective(Objective):
   """The alternating SFD update (module docstring). ``terms`` runs the fake step first (its own optimiser)
   and returns the generator's retain and forgetting terms ``[B]``; the step back-propagates
   L_g + w_g L_f into the generator (the run's model)."""
-
-  manual_backward = False
 
   def __init__(self, ctx, teacher, fake, fake_optimizer, remap, c):
     super().__init__(retain_fn=self._unused, weights=(1., float(c.generator_forget_weight)),
@@ -133,13 +132,11 @@ class SFDObjective(Objective):
     return m.reshape(shape) * x0 + std.reshape(shape) * eps, t, eps, std
 
   def _denoised(self, net, x_t, t, y, train):
-    from models import utils as mutils
     score_fn = mutils.get_score_fn(self.sde, net, train=train, continuous=self.continuous, class_labels=y)
     return sampling.denoise(score_fn, self.sde, x_t, t)
 
   def fake_loss(self, x0, y, generator=None):
     """Σ_dims (ε̂_ψ − ε)² per sample ``[B]`` on the constants ``x0`` [B, ...] asked for classes ``y``."""
-    from models import utils as mutils
     x_t, t, eps, std = self._noised(x0, generator)
     score = mutils.get_score_fn(self.sde, self.fake, train=True, continuous=self.continuous, class_labels=y)(x_t, t)
     eps_hat = -score * std.reshape((-1,) + (1,) * (x0.ndim - 1))
