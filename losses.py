@@ -98,9 +98,18 @@ class Perturbed:
   tilt: torch.Tensor = None       # σ_t ∇_x Φ(ℓ(x_t, t)): the hole's correction (``obtuse_form='hole'``)
 
 
-def model_scaled_score(sde, model_fn, x_t, labels, std):
-  out = model_fn(x_t, labels)
+def model_scaled_score(sde, model_fn, x_t, labels, std, class_labels=None):
+  out = model_fn(x_t, labels) if class_labels is None else model_fn(x_t, labels, class_labels)
   return -out if sde.predicts_noise else out * append_dims(std, out.ndim)
+
+
+def split_batch(batch):
+  """``(x [B, ...], class labels [B] or None)`` of a batch: a tensor (no labels) or a pair ``(x, y)`` (the
+  batches of a class-conditional run; y may hold the null label)."""
+  if isinstance(batch, (tuple, list)):
+    x, y = batch
+    return x, y
+  return batch, None
 
 
 def _reference_scaled_score(sde, reference, x_t, labels, std):
@@ -121,10 +130,11 @@ def draw_noise(x0, generator=None, noise='gaussian'):
 
 
 def perturb_continuous(sde, model, x0, train, likelihood_weighting=False, eps=1e-5, t=None, z=None,
-                       generator=None, t_range=None, reference=None, tilt_fn=None, noise='gaussian'):
+                       generator=None, t_range=None, reference=None, tilt_fn=None, noise='gaussian', class_labels=None):
   """Continuous time: ``t ~ U(eps, T)`` (or ``U(t_range)``), ``x_t`` from ``sde.marginal_prob``; the model
-  sees ``sde.model_labels``. ``reference``: a frozen network evaluated at the same ``(x_t, t)``;
-  ``tilt_fn(x_t, t, std) -> [B, ...]`` fills ``Perturbed.tilt``; ``noise``: see ``draw_noise``."""
+  sees ``sde.model_labels`` (and ``class_labels`` [B], for class-conditional networks). ``reference``: a frozen
+  network evaluated at the same ``(x_t, t)``; ``tilt_fn(x_t, t, std) -> [B, ...]`` fills ``Perturbed.tilt``;
+  ``noise``: see ``draw_noise``."""
   b = x0.shape[0]
   if t is None:
     lo, hi = (eps, sde.T) if t_range is None else (max(eps, t_range[0]), min(sde.T, t_range[1]))
@@ -134,15 +144,17 @@ def perturb_continuous(sde, model, x0, train, likelihood_weighting=False, eps=1e
   mean, std = sde.marginal_prob(x0, t)
   x_t = mean + append_dims(std, x0.ndim) * z
   labels = sde.model_labels(t, True)
-  ss = model_scaled_score(sde, mutils.get_model_fn(model, train), x_t, labels, std)
+  ss = model_scaled_score(sde, mutils.get_model_fn(model, train), x_t, labels, std, class_labels)
   g2 = sde.sde(torch.zeros_like(x0), t)[1] ** 2
   weight = g2 / std ** 2 if likelihood_weighting else torch.ones_like(std)
   tilt = None if tilt_fn is None else tilt_fn(x_t, t, std)
   return Perturbed(ss, z, std, weight, g2, _reference_scaled_score(sde, reference, x_t, labels, std), tilt)
 
 
-def perturb_discrete(sde, model, x0, train, index=None, z=None, generator=None, reference=None, noise='gaussian'):
-  """Discrete DDPM (VP) or SMLD (VE) perturbation at a uniform noise level; the model sees the level index."""
+def perturb_discrete(sde, model, x0, train, index=None, z=None, generator=None, reference=None, noise='gaussian',
+                     class_labels=None):
+  """Discrete DDPM (VP) or SMLD (VE) perturbation at a uniform noise level; the model sees the level index
+  (and ``class_labels`` [B], for class-conditional networks)."""
   b = x0.shape[0]
   if index is None:
     index = torch.randint(0, sde.N, (b,), device=x0.device, generator=generator)
@@ -151,7 +163,7 @@ def perturb_discrete(sde, model, x0, train, index=None, z=None, generator=None, 
   coeff, std = sde.discrete_marginal(index)
   coeff, std = coeff.to(x0.dtype), std.to(x0.dtype)
   x_t = append_dims(coeff, x0.ndim) * x0 + append_dims(std, x0.ndim) * z
-  ss = model_scaled_score(sde, mutils.get_model_fn(model, train), x_t, index, std)
+  ss = model_scaled_score(sde, mutils.get_model_fn(model, train), x_t, index, std, class_labels)
   return Perturbed(ss, z, std, torch.ones_like(std), None, _reference_scaled_score(sde, reference, x_t, index, std))
 
 
@@ -185,7 +197,8 @@ def _dsm_term(reduce_mean):
 
 def get_sde_loss_fn(sde, train, reduce_mean=True, continuous=True, likelihood_weighting=True, eps=1e-5,
                     term_fn=None, t_range=None, reference=None, tilt_fn=None, noise='gaussian'):
-  """Continuous-time loss: ``loss_fn(model, batch, generator=None) -> [B]``.
+  """Continuous-time loss: ``loss_fn(model, batch, generator=None) -> [B]`` (``batch``: x, or ``(x, y)`` with the
+  class labels of a class-conditional network, ``split_batch``).
 
   ``t ~ U(eps, T)`` (or ``U(t_range)``); ``term_fn(p: Perturbed, generator) -> [B]`` (default: DSM) sees the
   frozen ``reference`` network and the ``tilt_fn`` correction at the same ``(x_t, t)`` when given; the
@@ -195,8 +208,9 @@ def get_sde_loss_fn(sde, train, reduce_mean=True, continuous=True, likelihood_we
   draw_noise(torch.zeros(1), None, noise)   # refuses an unknown noise now
 
   def loss_fn(model, batch, generator=None):
-    p = perturb_continuous(sde, model, batch, train, likelihood_weighting, eps, generator=generator,
-                           t_range=t_range, reference=reference, tilt_fn=tilt_fn, noise=noise)
+    x, y = split_batch(batch)
+    p = perturb_continuous(sde, model, x, train, likelihood_weighting, eps, generator=generator,
+                           t_range=t_range, reference=reference, tilt_fn=tilt_fn, noise=noise, class_labels=y)
     return fn(p, generator)
 
   return loss_fn
@@ -208,8 +222,9 @@ def _discrete_loss_fn(sde, train, reduce_mean, term_fn=None, reference=None, noi
   draw_noise(torch.zeros(1), None, noise)
 
   def loss_fn(model, batch, generator=None):
-    return fn(perturb_discrete(sde, model, batch, train, generator=generator, reference=reference, noise=noise),
-              generator)
+    x, y = split_batch(batch)
+    return fn(perturb_discrete(sde, model, x, train, generator=generator, reference=reference, noise=noise,
+                               class_labels=y), generator)
 
   return loss_fn
 

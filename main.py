@@ -34,7 +34,7 @@ flags.DEFINE_enum('mode', None, ['train', 'eval', 'train_classifier', 'train_noi
                   'inpaint or reconstruct (downstream tasks on D_g and D_f test images, docs/downstream.md), '
                   'relearn (the relearning attack: fine-tune on k D_f items, Unlearning Ratio per attack step).')
 flags.DEFINE_string('task', 'standard', 'The unlearning method (unlearning/): standard|normal, unseen|no_u, '
-                    'orthogonal|square, obtuse|norm, erase, finetune, neggrad, salun, sa, erasediff, siss, vdu.')
+                    'orthogonal|square, obtuse|norm, erase, finetune, neggrad, salun, sa, erasediff, siss, vdu, sfd.')
 flags.DEFINE_boolean('finetune', False, 'Start from config.training.pretrained instead of from scratch.')
 flags.DEFINE_string('eval_folder', 'eval', 'Folder (inside the work directory) for evaluation results.')
 flags.DEFINE_boolean('progress', True, 'Show progress bars.')

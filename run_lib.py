@@ -21,6 +21,7 @@ import torch
 from absl import logging
 from tqdm import tqdm
 
+import conditioning
 import datasets
 import losses
 import sampling
@@ -72,13 +73,16 @@ def sampling_eps(config, sde):
   return config.sampling.eps if config.sampling.eps > 0 else sde.default_sampling_eps
 
 
-def sample_with_ema(state, sampling_fn, generator=None, z=None):
-  """Draws samples with the EMA weights (the raw weights are restored afterwards)."""
+def sample_with_ema(state, sampling_fn, generator=None, z=None, labels=None):
+  """Draws samples with the EMA weights (the raw weights are restored afterwards); ``labels``: the classes
+  of a class-conditional model (None: unconditional models, or the sampler's default)."""
   model, ema = state['model'], state['ema']
   ema.store(model.parameters())
   ema.copy_to(model.parameters())
   try:
-    return sampling_fn(model, z=z, generator=generator)
+    if labels is None:
+      return sampling_fn(model, z=z, generator=generator)
+    return sampling_fn(model, z=z, generator=generator, labels=labels)
   finally:
     ema.restore(model.parameters())
 
@@ -115,6 +119,14 @@ def _check_config(config):
       raise TrainingError(f'config.training.{key} must be positive, got {t[key]}')
   if int(t.batch_size_un) <= 0:
     raise TrainingError(f'config.training.batch_size_un must be positive, got {t.batch_size_un}')
+
+
+def _check_class_conditional(config, method):
+  """Refuses a class-conditional config for a method that does not train such networks (one line)."""
+  if conditioning.num_classes(config) and not method.class_conditional:
+    able = ', '.join(m.name for m in unlearning.registered() if m.class_conditional)
+    raise TrainingError(f'--task {method.name} does not train class-conditional networks '
+                        f'(config.model.class_conditional=True); those that do: {able}')
 
 
 def _start_state(config, workdir, finetune, device):
@@ -165,7 +177,10 @@ def train(config, workdir, task='standard', finetune=False, progress=True):
       config = default_configs.with_defaults(config)
       method = unlearning.get_method(task)
       unlearning.apply_preset(config, method)
+      if method.configure is not None:
+        method.configure(config)
       _check_config(config)
+      _check_class_conditional(config, method)
       if main:
         created = utils.make_run_folder(workdir)
         held.enter_context(utils.FolderLock(workdir, 'training run'))
@@ -208,6 +223,8 @@ def _train(config, workdir, method, finetune, progress, main):
     seed_everything(config.seed)
     sde = sde_lib.get_sde(config)
     data = datasets.get_dataset(config)
+    num_classes = conditioning.check_data(config, data)
+    label_dropout = float(tc.get('label_dropout', 0.)) if num_classes else 0.
     official = f' (official name {method.official_name})' if method.official_name else ''
     logging.info('task %s%s; %s', method.name, official, data.describe())
     speed = runtime.check_speed_options(config, device, data.is_image)
@@ -222,7 +239,11 @@ def _train(config, workdir, method, finetune, progress, main):
                                              sampling_eps(config, sde))
     state, how = _start_state(config, workdir, finetune, device)
     objective = unlearning.build_objective(method, config, sde, data, device, state['model'], True, how, workdir,
-                                           int(state['step']))
+                                           int(state['step']), state.get('extra') if how == 'resumed' else None)
+    one_step = objective.checkpoint_entries().get('generator')
+    if one_step is not None and sampling_fn is not None:   # snapshots of a one-step generator
+      sampling_fn = sampling.get_one_step_sampling_fn(config, sde, (n,) + tuple(data.shape), inverse_scaler,
+                                                      one_step['t_init'])
     eval_objective = unlearning.build_objective(method, config, sde, data, device, state['model'], False, 'eval')
     if speed['precision'] == 'fp16' and objective.manual_backward:
       raise TrainingError(f"training.precision='fp16' cannot scale the gradients that --task {method.name} combines "
@@ -295,11 +316,17 @@ def _train(config, workdir, method, finetune, progress, main):
 
   blocking = not speed['pin_memory']
 
-  def batch(iterator):
+  def batch(iterator, drop=True):
+    """The next batch: x, or ``(x, y)`` for a class-conditional network (a share ``training.label_dropout`` of the
+    training labels replaced by the null label; none of the evaluation batches')."""
     if iterator is None:
       return None
-    x, _ = next(iterator)
-    return scaler(x.to(device, non_blocking=not blocking))
+    x, y = next(iterator)
+    x = scaler(x.to(device, non_blocking=not blocking))
+    if not num_classes:
+      return x
+    y = y.to(device, non_blocking=not blocking)
+    return x, conditioning.drop_labels(y, label_dropout if drop else 0., num_classes)
 
   monitor = LossMonitor()
 
@@ -330,15 +357,20 @@ def _train(config, workdir, method, finetune, progress, main):
 
   def save(path):
     state['rng'] = rng_state(device)
+    state.update(objective.checkpoint_entries())
     utils.save_checkpoint(path, dict(state, config=config))
     if stats is not None:
       stats.write(int(state['step']))
+
+  snapshot_labels = None if sampling_fn is None else conditioning.sampling_labels(
+    config, min(int(config.training.get('snapshot_num_samples', 64)), 4096), class_names=data.class_names,
+    device=device)
 
   def snapshot(step):
     save(os.path.join(ckpt_dir, f'checkpoint_{step // tc.snapshot_freq}.pth'))
     if sampling_fn is not None:
       gen = torch.Generator(device=device).manual_seed(datasets.derive_seed(config.seed, 'snapshot', step))
-      samples, nfe = sample_with_ema(state, sampling_fn, generator=gen)
+      samples, nfe = sample_with_ema(state, sampling_fn, generator=gen, labels=snapshot_labels)
       save_samples(samples, os.path.join(workdir, 'samples', f'iter_{step}'), data.is_image)
       logging.info('step %d: %d snapshot samples (%d network evaluations)', step, samples.shape[0], nfe)
 
@@ -381,10 +413,10 @@ def _train(config, workdir, method, finetune, progress, main):
             if not math.isnan(value):
               writer.add_scalar(key, value, done)
       if main and tc.eval_freq > 0 and done % tc.eval_freq == 0:
-        eval_f = batch(eval_forget_iter) if eval_forget_iter is not None else None
+        eval_f = batch(eval_forget_iter, False) if eval_forget_iter is not None else None
         if not method.forget_data or eval_f is not None:
           gen = torch.Generator(device=device).manual_seed(datasets.derive_seed(config.seed, 'eval-noise', done))
-          ev = eval_step_fn(state, batch(eval_iter), eval_f, generator=gen)
+          ev = eval_step_fn(state, batch(eval_iter, False), eval_f, generator=gen)
           logging.info('step %d: eval_loss %.5e', done, ev['loss'].item())
           if writer is not None:
             writer.add_scalar('eval_loss', ev['loss'].item(), done)
@@ -501,6 +533,14 @@ class TrainStats:
                setup_seconds=sum(s['setup_seconds'] for s in segments), loop_seconds=loop,
                steps_per_second=steps / loop if loop > 0 else None, segments=segments)
     utils.atomic_write_text(self.path, json.dumps(out, indent=2))
+
+
+def require_score_model(state, path, what):
+  """Refuses (one ``ValueError`` line) a one-step generator checkpoint (SFD's, ``utils.EXTRA_ENTRIES``) where
+  ``what`` needs a score model."""
+  if state.get('generator') is not None:
+    raise ValueError(f'{path} is a one-step generator ({state["generator"].get("method", "?")}), not a score model: '
+                     f'{what} needs a score model')
 
 
 def latest_checkpoint(workdir):

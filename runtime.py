@@ -361,7 +361,8 @@ class _ScaledOptimizer:
 
 
 class _Network:
-  """``net(x [B, ...], labels [B]) -> [B, ...]`` as the objective's terms see the network in one step."""
+  """``net(x [B, ...], labels [B], class_labels [B] = None) -> [B, ...]`` as the objective's terms see the network
+  in one step."""
 
   def __init__(self, engine):
     self.engine, self.step, self.sync, self.calls = engine, 0, True, 0
@@ -370,18 +371,19 @@ class _Network:
     self.engine.model.train(mode)
     return self
 
-  def __call__(self, x, labels):
+  def __call__(self, x, labels, class_labels=None):
     e = self.engine
     n = x.shape[0]
     lo, hi = row_range(n, e.shard)
     if e.world > 1:
       x, labels = x[lo:hi], labels[lo:hi]
+      class_labels = None if class_labels is None else class_labels[lo:hi]
     dtype = x.dtype
     if e.channels_last and x.ndim == 4:
       x = x.contiguous(memory_format=torch.channels_last)
     net = e.synced if self.sync else e.local()
     with e.dropout_stream(self.step, self.calls), e.autocast():
-      out = net(x, labels)
+      out = net(x, labels) if class_labels is None else net(x, labels, class_labels)
     self.calls += 1
     out = out.to(dtype).contiguous()
     if e.world > 1:

@@ -28,6 +28,7 @@ import torchdiffeq
 from scipy import integrate
 from tqdm.auto import tqdm
 
+import conditioning
 import sde_lib
 from cuda_graphs import maybe_graphed
 from models import utils as mutils
@@ -531,6 +532,21 @@ def resolve_eps(config, sde, eps=None) -> float:
   return float(sde.default_sampling_eps)
 
 
+def class_labels_for(model, labels, batch, device, config):
+  """The class labels [B] a sampler feeds ``model``: ``labels`` or the config's (``conditioning``) for a
+  class-conditional model, None for an unconditional one (which refuses ``labels``)."""
+  k = conditioning.model_num_classes(model)
+  if not k:
+    if labels is not None:
+      raise ValueError('class labels were given to sample a model that is not class-conditional')
+    return None
+  if labels is None:
+    labels = conditioning.sampling_labels(config, batch)
+  if tuple(labels.shape) != (batch,):
+    raise ValueError(f'labels has shape {tuple(labels.shape)}, expected ({batch},)')
+  return conditioning.check_labels(labels, k).to(device)
+
+
 def get_sampling_fn(config, sde, shape, inverse_scaler, eps=None, progress=False):
   """The sampler selected by ``config.sampling.method`` ('pc' or 'ode').
 
@@ -546,11 +562,15 @@ def get_sampling_fn(config, sde, shape, inverse_scaler, eps=None, progress=False
     progress: show a tqdm progress bar.
 
   Returns:
-    ``sampling_fn(model, z=None, generator=None) -> (samples [B, ...], nfe)``. ``z`` is the starting
-    prior sample (drawn with ``generator`` when omitted); the device and dtype are ``z``'s, or else the
-    model's. ``nfe`` counts the network evaluations actually made. The PC sampler uses the score
-    parameterisation of ``config.training.continuous``; the ODE sampler, as score_sde, always conditions
-    on continuous time (smooth in t; for VP it coincides with the discrete labels when N = 1000).
+    ``sampling_fn(model, z=None, generator=None, labels=None) -> (samples [B, ...], nfe)``. ``z`` is the
+    starting prior sample (drawn with ``generator`` when omitted); the device and dtype are ``z``'s, or else
+    the model's. ``nfe`` counts the network evaluations actually made (score evaluations: one with
+    classifier-free guidance scale 0 or 1, otherwise each is one pass over a batch of 2B). The PC sampler
+    uses the score parameterisation of ``config.training.continuous``; the ODE sampler, as score_sde, always
+    conditions on continuous time (smooth in t; for VP it coincides with the discrete labels when N = 1000).
+    A class-conditional model samples the classes ``labels`` [B] (default: ``config.sampling.labels`` for
+    samples 0 … B−1 as class indices; callers that know the class names pass ``labels``) with guidance
+    ``config.sampling.guidance``; an unconditional model refuses labels.
   """
   config = default_configs.with_defaults(config)
   shape = tuple(shape)
@@ -583,8 +603,12 @@ def get_sampling_fn(config, sde, shape, inverse_scaler, eps=None, progress=False
   else:
     raise ValueError(f"unknown sampling method {s.method!r}; valid: ode, pc")
 
-  def sampling_fn(model, z=None, generator=None):
-    """Samples ``shape`` from ``model`` (prior draw ``z`` optional); returns ``(inverse_scaler(x), nfe)``."""
+  conditioning.check_sampling(config)
+  guidance = float(s.get('guidance', 1.))
+
+  def sampling_fn(model, z=None, generator=None, labels=None):
+    """Samples ``shape`` from ``model`` (prior draw ``z`` and classes ``labels`` optional); returns
+    ``(inverse_scaler(x), nfe)``."""
     with torch.no_grad():
       if z is None:
         device, dtype = _model_device_dtype(model)
@@ -594,8 +618,70 @@ def get_sampling_fn(config, sde, shape, inverse_scaler, eps=None, progress=False
         if tuple(z.shape) != shape:
           raise ValueError(f'z has shape {tuple(z.shape)}, expected {shape}')
         x = z
-      score_fn = mutils.get_score_fn(sde, model, train=False, continuous=continuous)
+      y = class_labels_for(model, labels, shape[0], x.device, config)
+      score_fn = mutils.get_score_fn(sde, model, train=False, continuous=continuous, class_labels=y,
+                                     guidance=guidance)
       x, nfe = run(score_fn, x, generator)
       return inverse_scaler(x), nfe
+
+  return sampling_fn
+
+
+# ----------------------------------------------------------------------------------------------------
+# One-step generators (a score network distilled into G(z, y), e.g. by SFD)
+# ----------------------------------------------------------------------------------------------------
+
+def marginal_coefficients(sde, t):
+  """``(m_t, σ_t)`` [B] of ``x_t = m_t x_0 + σ_t z`` at times ``t`` [B]."""
+  mean, std = sde.marginal_prob(torch.ones_like(t), t)
+  return mean, std
+
+
+def denoise(score_fn, sde, x, t):
+  """Tweedie's estimate E[x_0 | x_t = x] = (x + σ_t² s(x, t)) / m_t for ``x`` [B, ...] at times ``t`` [B]."""
+  m, std = marginal_coefficients(sde, t)
+  return (x + append_dims(std ** 2, x.ndim) * score_fn(x, t)) / append_dims(m, x.ndim)
+
+
+def one_step_generate(sde, model, z, t_init, class_labels=None, train=False, continuous=True):
+  """G(z, y) = x̂_0: the denoiser of ``model`` at the fixed time ``t_init`` (in (0, T]) applied to x = σ_init z.
+
+  ``z`` [B, ...] standard normal, ``class_labels`` [B] (class-conditional networks; None: the null label) ->
+  [B, ...] in the model's data range; one network evaluation. As SFD's generator: the noised input holds no
+  data part (x = σ_init z), and the network's x̂_0 is the sample.
+  """
+  t = torch.full((z.shape[0],), float(t_init), device=z.device, dtype=z.dtype)
+  _, std = marginal_coefficients(sde, t)
+  x = append_dims(std, z.ndim) * z
+  score_fn = mutils.get_score_fn(sde, model, train=train, continuous=continuous, class_labels=class_labels)
+  return denoise(score_fn, sde, x, t)
+
+
+def get_one_step_sampling_fn(config, sde, shape, inverse_scaler, t_init):
+  """The sampler of a one-step generator checkpoint (``utils.EXTRA_ENTRIES``' ``generator``): the same
+  ``sampling_fn(model, z=None, generator=None, labels=None) -> (samples [B, ...], nfe = 1)`` as
+  ``get_sampling_fn``, with ``z`` a standard normal draw [B, ...] (``generator`` draws it when omitted) and the
+  classes of a class-conditional generator as there (without guidance: ``sampling.guidance`` must be 1)."""
+  config = default_configs.with_defaults(config)
+  shape = tuple(shape)
+  t_init = float(t_init)
+  if float(config.sampling.get('guidance', 1.)) != 1.:
+    raise ValueError(f'a one-step generator samples its distilled conditional model: config.sampling.guidance must '
+                     f'be 1, got {config.sampling.guidance}')
+  if not 0. < t_init <= sde.T:
+    raise ValueError(f'the generator time t_init={t_init} must be in (0, {sde.T}]')
+  continuous = bool(config.training.continuous)
+
+  def sampling_fn(model, z=None, generator=None, labels=None):
+    with torch.no_grad():
+      if z is None:
+        device, dtype = _model_device_dtype(model)
+        draw_device = device if generator is None else generator.device
+        z = torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)
+      elif tuple(z.shape) != shape:
+        raise ValueError(f'z has shape {tuple(z.shape)}, expected {shape}')
+      y = class_labels_for(model, labels, shape[0], z.device, config)
+      x = one_step_generate(sde, model, z, t_init, y, continuous=continuous)
+      return inverse_scaler(x), 1
 
   return sampling_fn

@@ -192,12 +192,33 @@ def _describe(keys, limit=8):
   return ', '.join(keys[:limit]) + more
 
 
+_LABEL_KEY = 'label_embedding.weight'
+
+
+def _check_class_conditional(incoming, own, path):
+  """One line when a class-conditional checkpoint meets an unconditional config, or the reverse, or the
+  numbers of classes differ (the label embedding has num_classes + 1 rows)."""
+  has_file, has_model = _LABEL_KEY in incoming, _LABEL_KEY in own
+  if has_file and not has_model:
+    k = incoming[_LABEL_KEY].shape[0] - 1
+    raise CheckpointError(f'{path} is a class-conditional checkpoint ({k} classes) but the config is unconditional: '
+                          f'set --config.model.class_conditional=True --config.model.num_classes={k}')
+  if has_model and not has_file:
+    raise CheckpointError(f'{path} is an unconditional checkpoint but config.model.class_conditional=True: set '
+                          '--config.model.class_conditional=False')
+  if has_file and incoming[_LABEL_KEY].shape[0] != own[_LABEL_KEY].shape[0]:
+    k, mine = incoming[_LABEL_KEY].shape[0] - 1, own[_LABEL_KEY].shape[0] - 1
+    raise CheckpointError(f'{path} was trained for {k} classes but config.model.num_classes={mine}: set '
+                          f'--config.model.num_classes={k}')
+
+
 def load_model_state(model, state_dict, path='checkpoint'):
   """Loads a model state dict strictly; a mismatch names the missing, unexpected and mis-shaped keys."""
   if not isinstance(state_dict, dict):
     raise CheckpointError(f"{path}: 'model' entry is a {type(state_dict).__name__}, not a state dict")
   incoming = strip_module_prefix(state_dict)
   own = model.state_dict()
+  _check_class_conditional(incoming, own, path)
   missing = set(own) - set(incoming)
   unexpected = set(incoming) - set(own)
   shapes = [f'{k} (file {tuple(incoming[k].shape)}, model {tuple(own[k].shape)})'
@@ -259,7 +280,7 @@ def restore_checkpoint(ckpt_path, state, device):
     except (KeyError, ValueError, TypeError) as e:
       raise CheckpointError(f'{ckpt_path}: the optimizer state does not match the model ({e})') from None
   state['step'] = int(loaded['step'])
-  for key in ('rng', 'config', 'epoch'):
+  for key in ('rng', 'config', 'epoch') + EXTRA_ENTRIES:
     if key in loaded:
       state[key] = loaded[key]
   return state
@@ -361,8 +382,16 @@ def atomic_write_text(path, text):
   atomic_write(path, lambda f: f.write(text), mode='w')
 
 
+#: entries a method may add to its checkpoints (``Objective.checkpoint_entries``): ``generator`` marks a one-step
+#: generator (``{'method', 't_init', 'continuous', ...}``: sampled in one network evaluation, see
+#: ``sampling.get_one_step_sampling_fn``); ``extra`` holds what the method needs to resume (e.g. SFD's fake
+#: score network and its optimiser).
+EXTRA_ENTRIES = ('generator', 'extra')
+
+
 def save_checkpoint(ckpt_path, state):
-  """Saves ``state`` in the official layout (plus 'config', 'rng' and the 'sha256' of everything else),
+  """Saves ``state`` in the official layout (plus 'config', 'rng', the ``EXTRA_ENTRIES`` a method adds and the
+  'sha256' of everything else),
   atomically. Weights that are not finite, or have blown up, are never written: ``CheckpointError``."""
   problem = state_problem(state)
   if problem is not None:
@@ -378,6 +407,9 @@ def save_checkpoint(ckpt_path, state):
     saved['config'] = cfg if isinstance(cfg, str) else config_to_json(cfg)
   if state.get('rng') is not None:
     saved['rng'] = state['rng']
+  for key in EXTRA_ENTRIES:
+    if state.get(key) is not None:
+      saved[key] = state[key]
   saved['sha256'] = tensors_sha256(saved)
   atomic_torch_save(saved, ckpt_path)
 

@@ -34,6 +34,7 @@ def get_base_config():
   training.channels_last = False         # images and network in the channels_last memory format
   training.compile = ''                  # '' (eager) | default | reduce-overhead | max-autotune: torch.compile mode
   training.pin_memory = False            # CUDA: batches in pinned host memory, copied without blocking
+  training.label_dropout = 0.1           # class-conditional: share of training labels set to the null label (CFG)
 
   # sampling
   config.sampling = sampling = ml_collections.ConfigDict()
@@ -51,6 +52,8 @@ def get_base_config():
   sampling.ode_solver = 'torchdiffeq'    # torchdiffeq (on the data's device) | scipy (official path)
   sampling.ode_max_nfe = 5000            # per ODE solve (one batch); a diverged score stops with an error; 0 = no limit
   sampling.cuda_graph = True             # on CUDA: replay the ODE right-hand side (sampler, likelihood) from a CUDA graph
+  sampling.labels = ''                   # class-conditional: classes asked for, cycled ('' = every class; "3", "0,2")
+  sampling.guidance = 1.                 # classifier-free guidance w: s(∅) + w (s(y) − s(∅)); 0 uncond., 1 cond.
 
   # evaluation
   config.eval = evaluate = ml_collections.ConfigDict()
@@ -135,6 +138,8 @@ def get_base_config():
   model.interpolation = 'bilinear'       # NCSNv2 only
   model.hidden_dims = (128, 128, 128)    # MLP only
   model.embedding_dim = 64               # MLP only
+  model.class_conditional = False        # a label embedding (num_classes + 1 rows, the last the null label) in temb
+  model.num_classes = 0                  # classes of the data set (class_conditional only)
 
   # optimization
   config.optim = optim = ml_collections.ConfigDict()
@@ -206,6 +211,17 @@ def get_base_config():
   vdu.samples = 1000                     # single-checkpoint fallback: generated samples for the diagonal Fisher
   vdu.fisher_times = 8
   vdu.variance_floor = 1e-8              # added to each variance (several checkpoints)
+  config.sfd = sfd = ml_collections.ConfigDict()          # --task sfd: Score Forgetting Distillation (conditional)
+  sfd.t_init = 0.44                      # the generator's fixed time, a fraction of T (SFD: step 440 of 1000)
+  sfd.t_min = 0.038                      # distillation times t ~ U[t_min, t_max) (SFD: steps 38 … 712 of 1000)
+  sfd.t_max = 0.712
+  sfd.alpha = 1.2                        # α of the score-identity loss
+  sfd.fake_forget_weight = 0.01          # weight of the fake network's denoising loss on forget-class samples
+  sfd.generator_forget_weight = 0.01     # weight of the forgetting term (teacher given the remapped class)
+  sfd.remap = ''                         # 'f:r,…' class indices; '' = each forget class to the next retained class
+  sfd.lr = 1e-5                          # Adam of both networks, β = (beta1, 0.999)
+  sfd.beta1 = 0.
+  sfd.grad_clip = 1.                     # gradients clipped by value
 
   # The relearning attack (--mode relearn; evaluation/relearn.py, docs/evaluation.md): fine-tune the evaluated
   # model on k D_f training items and measure the Unlearning Ratio after each listed number of attack steps.

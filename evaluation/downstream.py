@@ -475,7 +475,8 @@ def _evaluate_checkpoints(config, task, data, sde, ckpts, prepared, out_dir, dev
   try:
     for path, step in ckpts:
       logging.info('downstream tasks %s of %s (step %d)', ', '.join(prepared.tasks), path, step)
-      model, _ = run_lib.load_ema_model(config, path, device)
+      model, state = run_lib.load_ema_model(config, path, device)
+      run_lib.require_score_model(state, path, 'inpainting and reconstruction')
       try:
         entries = prepared.run(model, sde, out_dir, step, checkpoint=path, progress=progress)
       except (AssertionError, sampling.ODEBudgetError, FloatingPointError) as e:

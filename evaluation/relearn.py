@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from absl import logging
 
+import conditioning
 import datasets
 import losses
 import run_lib
@@ -283,7 +284,10 @@ def run_relearn(config, workdir, task='standard', eval_folder='eval', progress=T
   _, (path, step) = check_inputs(config, workdir, data)
   sde = sde_lib.get_sde(config)
   classifier = classifier_lib.get_classifier(config, device, data=data)
-  model, _ = run_lib.load_ema_model(config, path, device)
+  model, state = run_lib.load_ema_model(config, path, device)
+  run_lib.require_score_model(state, path, 'the relearning attack')
+  if conditioning.model_num_classes(model):
+    raise ValueError('--mode relearn does not attack class-conditional models yet (its fine-tuning feeds no labels)')
   out_dir = os.path.join(workdir, eval_folder)
   created = utils.make_run_folder(out_dir)
   ok = False
@@ -371,6 +375,7 @@ def relearning_of_checkpoint(config, ckpt_path, device=None, progress=False) -> 
   sde = sde_lib.get_sde(config)
   classifier = classifier_lib.get_classifier(config, device, data=data)
   model, state = run_lib.load_ema_model(config, ckpt_path, device)
+  run_lib.require_score_model(state, ckpt_path, 'the relearning attack')
   body = relearning(config, model, sde, data, classifier, device, progress, name=ckpt_path)
   return {'dataset': data.name, 'forget': list(data.forget_names), 'checkpoint': ckpt_path,
           'step': int(state['step']), **body}

@@ -6,7 +6,9 @@ reads ``W/<eval_folder>/results.json`` of every work directory and prints one ta
 ``DIR/<name>.md`` (Markdown) and ``DIR/<name>.csv``. Rows: the Unlearning Ratio (%) of each forget set,
 NLL on D_g and on D_f (bits/dim), FID (against D_g); then, where some run has them, the relearning attack
 (``W/<eval_folder>/relearn.json``: UR after the last attack step and mean UR over the attack, per k; the
-curves in ``DIR/<name>_relearn.png``), the membership AUC (``"membership"`` of results.json) and the
+curves in ``DIR/<name>_relearn.png``), the unlearning accuracy of class-conditional models and one-step
+generators (100 % minus the share of forget-class requests classified as asked: ``unlearning_ratio_per_label``),
+the sampling NFE per sample (1 for a one-step generator), the membership AUC (``"membership"`` of results.json) and the
 compute (``W/train_stats.json``: steps and wall time, × those of the Unseen run of the same data and forget
 set). Columns: the runs' tasks in the paper's order
 Standard / Ort / Obt / Unseen / EraseDiff, then the other methods of ``unlearning/``, when every run names a known task and no two runs share
@@ -41,10 +43,10 @@ STATS_FILENAME = 'train_stats.json'   # the file run_lib.TrainStats writes (run_
 #: the column order and names: the paper's five first, then the other methods of ``unlearning/``; keys are
 #: the readable ``--task`` names of ``unlearning.registered()``.
 TASK_ORDER = ('standard', 'orthogonal', 'obtuse', 'unseen', 'erase', 'finetune', 'neggrad', 'salun', 'sa',
-              'erasediff', 'siss', 'vdu')
+              'erasediff', 'siss', 'vdu', 'sfd')
 TASK_DISPLAY = {'standard': 'Standard', 'orthogonal': 'Ort', 'obtuse': 'Obt', 'unseen': 'Unseen',
                 'erase': 'EraseDiff', 'finetune': 'FT', 'neggrad': 'NegGrad+', 'salun': 'SalUn', 'sa': 'SA',
-                'erasediff': 'EraseDiff (bi-level)', 'siss': 'SISS', 'vdu': 'VDU'}
+                'erasediff': 'EraseDiff (bi-level)', 'siss': 'SISS', 'vdu': 'VDU', 'sfd': 'SFD'}
 #: official (``--task``) and display names of the tasks.
 TASK_ALIASES = {'normal': 'standard', 'no_u': 'unseen', 'square': 'orthogonal', 'norm': 'obtuse',
                 'ort': 'orthogonal', 'obt': 'obtuse'}
@@ -69,7 +71,7 @@ class Cell:
 class Row:
   label: str
   metric: str   # 'unlearning_ratio' | 'nll_retain' | 'nll_forget' | 'fid' | 'mia_auc' | 'relearn_ur' |
-                # 'relearn_mean' | 'compute_steps' | 'compute_wall'
+                # 'relearn_mean' | 'compute_steps' | 'compute_wall' | 'unlearning_accuracy' | 'nfe'
   cells: List[Cell]
 
 
@@ -175,6 +177,13 @@ def _cell(results: dict, metric: str, key=None) -> Cell:
     return Cell(_num(_get(results, 'compute', 'steps')))
   if metric == 'compute_wall':
     return Cell(_num(_get(results, 'compute', 'wall_seconds')))
+  if metric == 'unlearning_accuracy':   # class-conditional models: 100 − the share of forget requests that obey
+    ua = _num(_get(results, 'unlearning_ratio_per_label', 'forget', 'unlearning_accuracy'))
+    ci = _get(results, 'unlearning_ratio_per_label', 'forget', 'ci95')
+    ci = ci if isinstance(ci, list) and len(ci) == 2 and None not in ci else None
+    return Cell(ua, 100. - ci[1], 100. - ci[0]) if ci is not None and ua is not None else Cell(ua)
+  if metric == 'nfe':
+    return Cell(_num(_get(results, 'sampler', 'nfe_per_sample')))
   if metric == 'unlearning_ratio':
     ci = _get(results, 'unlearning_ratio', 'ci95') or [None, None]
     ci = list(ci) + [None] * (2 - len(ci)) if isinstance(ci, (list, tuple)) else [None, None]
@@ -251,6 +260,10 @@ def _extra_specs(runs, groups, dataset, forgets, per_forget):
     for k, last in sorted(keys, key=lambda x: (x[0], x[1] if isinstance(x[1], int) else -1)):
       specs.append(('relearn_ur', f'Relearn UR (%) after {last} steps, k = {k}{tail}', f, (k, last)))
       specs.append(('relearn_mean', f'Relearn mean UR (%) over the attack, k = {k}{tail}', f, (k, last)))
+    if any(isinstance(r.get('unlearning_ratio_per_label'), dict) for r in mine):
+      specs.append(('unlearning_accuracy', f'Unlearning accuracy (%) on forget-class requests (↑){tail}', f, None))
+    if any(_get(r, 'sampler', 'nfe_per_sample') is not None for r in mine):
+      specs.append(('nfe', f'Sampling NFE per sample{tail}', f, None))
     if any(isinstance(r.get('membership'), dict) for r in mine):
       specs.append(('mia_auc', f'MIA AUC on D_f (0.5 = not recognisable){tail}', f, None))
     if any(isinstance(r.get('compute'), dict) for r in mine):
@@ -280,7 +293,9 @@ def _fmt(cell: Cell, metric: str) -> str:
     return f'{cell.value:.3f}' + (f' ± {cell.sem:.3f}' if cell.sem is not None else '')
   if metric == 'relearn_mean':
     return f'{cell.value:.1f}'
-  if metric in ('unlearning_ratio', 'relearn_ur'):
+  if metric == 'nfe':
+    return f'{cell.value:,.0f}'
+  if metric in ('unlearning_ratio', 'relearn_ur', 'unlearning_accuracy'):
     text = f'{cell.value:.1f}'
     if cell.lo is not None and cell.hi is not None:
       text += f' [{cell.lo:.1f}, {cell.hi:.1f}]'
@@ -395,7 +410,7 @@ def to_csv(table: Table) -> str:
   w.writerow(['metric'] + table.columns)
   for row in table.rows:
     w.writerow([row.label] + [_csv_num(c.value) for c in row.cells])
-    if row.metric in ('unlearning_ratio', 'relearn_ur'):
+    if row.metric in ('unlearning_ratio', 'relearn_ur', 'unlearning_accuracy'):
       w.writerow([row.label + ' ci95_lo'] + [_csv_num(c.lo) for c in row.cells])
       w.writerow([row.label + ' ci95_hi'] + [_csv_num(c.hi) for c in row.cells])
     elif row.metric.startswith('nll'):

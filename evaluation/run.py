@@ -7,7 +7,10 @@ as in the official code, or the latest checkpoint when both are 0), with the EMA
   * ``eval.enable_sampling``: ``eval.num_samples`` samples with the config's sampler (each image's
     starting noise seeded by its index, so results do not depend on the batch size), sample grids, and
     the Unlearning Ratio (share classified as a forget class, Wilson 95% interval, class histogram)
-    with the classifier of ``eval.classifier`` (the exact posterior for GMM2D);
+    with the classifier of ``eval.classifier`` (the exact posterior for GMM2D); for a class-conditional
+    model (sample i asks for the class ``config.sampling.labels`` gives i) also ``unlearning_ratio_per_label``:
+    per requested class the share classified as that class, and for the forget classes pooled the
+    "unlearning accuracy" of SFD = 100 % minus it;
   * ``eval.enable_fid``: FID of the samples against the retained test data;
   * ``eval.enable_loss``: the method's loss on test batches;
   * ``eval.enable_mia``: the loss-based membership test on D_f (``evaluation/membership.py``, ``"membership"``).
@@ -23,6 +26,7 @@ import os
 import torch
 from absl import logging
 
+import conditioning
 import datasets
 import likelihood
 import run_lib
@@ -64,8 +68,14 @@ def checkpoints_to_evaluate(config, workdir):
   return [(p, int(utils.load_file(p).get('step', -1))) for p in paths]
 
 
-def generate_samples(config, sde, model, shape, inverse_scaler, device, progress, shard=False):
+def generate_samples(config, sde, model, shape, inverse_scaler, device, progress, shard=False, class_names=None,
+                     one_step=None):
   """``eval.num_samples`` samples in batches of ``eval.batch_size``; returns (samples [N, ...] on the CPU, nfe).
+
+  A class-conditional model draws sample i of the class ``conditioning.sampling_labels`` gives index i
+  (``config.sampling.labels`` cycled, by ``class_names``), so the classes asked for do not depend on the batch
+  size either (``requested_labels``). ``one_step``: the ``generator`` entry of a one-step generator checkpoint
+  (SFD): sample i is G(z_i, y_i) with z_i standard normal from the same seed, one network evaluation per batch.
 
   The prior draw of sample i uses a generator seeded from (seed, i), so the starting noise of every
   sample is independent of the batch size; a deterministic sampler (probability-flow PC) then gives the
@@ -74,22 +84,39 @@ def generate_samples(config, sde, model, shape, inverse_scaler, device, progress
   batch (the same batches, with the same seeds) and all get all the samples.
   """
   n, bs = int(config.eval.num_samples), int(config.eval.batch_size)
+  conditional = conditioning.model_num_classes(model) > 0
 
   def one(b):
     start = b * bs
     size = min(bs, n - start)
-    z = torch.stack([sde.prior_sampling(shape, generator=torch.Generator().manual_seed(
-      datasets.derive_seed(config.seed, 'sample', start + i))) for i in range(size)]).to(device)
-    fn = sampling.get_sampling_fn(config, sde, (size,) + tuple(shape), inverse_scaler,
-                                  run_lib.sampling_eps(config, sde), progress=progress)
+    draw = (lambda g: torch.randn(tuple(shape), generator=g)) if one_step is not None else \
+      (lambda g: sde.prior_sampling(shape, generator=g))
+    z = torch.stack([draw(torch.Generator().manual_seed(datasets.derive_seed(config.seed, 'sample', start + i)))
+                     for i in range(size)]).to(device)
+    if one_step is not None:
+      fn = sampling.get_one_step_sampling_fn(config, sde, (size,) + tuple(shape), inverse_scaler, one_step['t_init'])
+    else:
+      fn = sampling.get_sampling_fn(config, sde, (size,) + tuple(shape), inverse_scaler,
+                                    run_lib.sampling_eps(config, sde), progress=progress)
     gen = torch.Generator(device=device).manual_seed(datasets.derive_seed(config.seed, 'sampler', start))
     with torch.no_grad():
-      x, k = fn(model, z=z, generator=gen)
+      if conditional:
+        labels = conditioning.sampling_labels(config, size, start, class_names, device)
+        x, k = fn(model, z=z, generator=gen, labels=labels)
+      else:
+        x, k = fn(model, z=z, generator=gen)
     return x.cpu(), k
 
   batches = -(-n // bs)
   out = runtime.map_batches(batches, one) if shard else [one(b) for b in range(batches)]
   return torch.cat([x for x, _ in out]), sum(k for _, k in out)
+
+
+def requested_labels(config, model, n, class_names=None):
+  """The classes [n] that ``generate_samples`` asks a class-conditional model for (None: unconditional)."""
+  if not conditioning.model_num_classes(model):
+    return None
+  return conditioning.sampling_labels(config, n, 0, class_names)
 
 
 def eval_loss(config, sde, method, state, data, device):
@@ -109,10 +136,17 @@ def eval_loss(config, sde, method, state, data, device):
     if uses_forget else None
   totals = {'loss': 0., 'loss_g': 0., 'loss_f': 0.}
   count = 0
+  conditional = conditioning.model_num_classes(state['model']) > 0
+
+  def take(it):
+    """The next batch: x, or (x, y) for a class-conditional model (its labels, no dropout)."""
+    x, y = next(it)
+    return (scaler(x.to(device)), y.to(device)) if conditional else scaler(x.to(device))
+
   for i in range(10):
     try:
-      batch_g = scaler(next(it_g)[0].to(device)) if it_g is not None else None
-      batch_f = scaler(next(it_f)[0].to(device)) if it_f is not None else None
+      batch_g = take(it_g) if it_g is not None else None
+      batch_f = take(it_f) if it_f is not None else None
     except StopIteration:
       break
     if method.forget_data and batch_f is None:
@@ -133,6 +167,14 @@ def markdown(results):
   if ur:
     lo, hi = ur['ci95']
     lines.append(f"| Unlearning Ratio % (↓) | {ur['percent']:.2f} [{lo:.2f}, {hi:.2f}] of {ur['num_samples']} |")
+  per = results.get('unlearning_ratio_per_label')
+  if per:
+    for part, name in (('forget', 'asked for a forget class, classified as it % (↓; unlearning accuracy = '
+                                  '100 − it)'),
+                       ('retain', 'asked for a retained class, classified as it % (↑)')):
+      if per.get(part):
+        p = per[part]
+        lines.append(f"| {name} | {p['percent']:.2f} [{p['ci95'][0]:.2f}, {p['ci95'][1]:.2f}] of {p['num_samples']} |")
   nll = results.get('nll_bpd')
   if nll:
     for part, name in (('retain', 'D_g (↓)'), ('forget', 'D_f (↑)')):
@@ -180,6 +222,7 @@ def evaluate(config, workdir, task='standard', eval_folder='eval', progress=True
       run_lib.seed_everything(config.seed)
       ev = config.eval
       data = datasets.get_dataset(config, evaluation=True)
+      conditioning.check_data(config, data)
       sde = sde_lib.get_sde(config)
       ckpts = checkpoints_to_evaluate(config, workdir)
       sampling_on = bool(ev.enable_sampling or ev.enable_fid)
@@ -232,6 +275,9 @@ def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features
     for path, step in ckpts:
       logging.info('evaluating %s (step %d)', path, step)
       model, state = run_lib.load_ema_model(config, path, device)
+      one_step = state.get('generator')
+      if one_step is not None:
+        _check_one_step(config, path, downstream_tasks)
       results = {'task': method.name, 'dataset': data.name, 'forget': list(data.forget_names), 'checkpoint': path,
                  'step': step, 'unlearning_ratio': None, 'nll_bpd': None, 'fid': None, 'sampler': None,
                  'classifier': classifier.describe() if classifier is not None else None}
@@ -265,19 +311,32 @@ def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features
           results['membership'] = membership_lib.membership(config, model, sde, data, device)
       if sampling_on:
         with _failure_names(path, 'sampling'):
-          samples, nfe = generate_samples(config, sde, model, data.shape, inverse, device, progress, shard=group)
+          samples, nfe = generate_samples(config, sde, model, data.shape, inverse, device, progress, shard=group,
+                                          class_names=data.class_names, one_step=one_step)
         non_finite = int((~torch.isfinite(samples.reshape(samples.shape[0], -1)).all(dim=1)).sum())
         if non_finite:
           raise EvaluationError(f'{non_finite} of {len(samples)} samples of {path} hold NaN or ±inf '
                                 '(unlearning_ratio.non_finite): the model is broken (a diverged run?), so no '
                                 'Unlearning Ratio or FID is reported')
         s = config.sampling
-        results['sampler'] = {'method': s.method, 'predictor': s.predictor, 'corrector': s.corrector,
-                              'steps': sde.N if s.method == 'pc' else None, 'nfe': nfe}
+        batches = -(-int(ev.num_samples) // int(ev.batch_size))
+        if one_step is not None:
+          results['sampler'] = {'method': 'one_step', 'predictor': 'none', 'corrector': 'none', 'steps': 1,
+                                'nfe': nfe, 'nfe_per_sample': 1, 'generator': dict(one_step)}
+        else:
+          results['sampler'] = {'method': s.method, 'predictor': s.predictor, 'corrector': s.corrector,
+                                'steps': sde.N if s.method == 'pc' else None, 'nfe': nfe,
+                                'nfe_per_sample': nfe / batches}
+        requested = requested_labels(config, model, len(samples), data.class_names)
+        if requested is not None:
+          results['sampler'].update(labels=s.labels, guidance=float(s.guidance))
         if main:
           run_lib.save_samples(samples[:64], out_dir, data.is_image, name=f'samples_{step}')
         if classifier is not None and main:
           results['unlearning_ratio'] = ur_lib.unlearning_ratio_of_samples(samples, classifier, data.forget_indices)
+          if requested is not None:
+            results['unlearning_ratio_per_label'] = ur_lib.per_label_of_samples(samples, requested, classifier,
+                                                                                data.forget_indices)
         if features_fn is not None:
           k = int(ev.fid_num_samples) or len(samples)
           results['fid'] = fid_lib.fid_of_samples(samples[:k], data, features_fn, fid_lib.default_cache_dir(config),
@@ -300,6 +359,17 @@ def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features
       logging.get_absl_logger().removeHandler(handler)
       handler.close()
   return results
+
+
+def _check_one_step(config, path, downstream_tasks):
+  """Refuses, for a one-step generator checkpoint, what needs a score model (one line)."""
+  ev = config.eval
+  wanted = [k for k, on in (('eval.enable_bpd', ev.enable_bpd), ('eval.enable_mia', ev.enable_mia),
+                            ('eval.enable_loss', ev.enable_loss),
+                            ('eval.inpaint / eval.reconstruct', downstream_tasks is not None)) if on]
+  if wanted:
+    raise EvaluationError(f'{path} is a one-step generator (SFD), not a score model: it has no likelihood, loss or '
+                          f'restoration; set {", ".join(wanted)} off')
 
 
 class _LazyWriter:

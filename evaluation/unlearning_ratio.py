@@ -81,3 +81,61 @@ def unlearning_ratio_of_samples(samples: torch.Tensor, classifier, forget_indice
   out = unlearning_ratio(labels, forget_indices, len(classifier.label_names), classifier.label_names, z)
   out['non_finite'] = bad
   return out
+
+
+def per_label(labels_pred: torch.Tensor, requested: torch.Tensor, forget_indices: Sequence[int],
+              class_names: Sequence[str], z: float = Z95) -> dict:
+  """The Unlearning Ratio per requested class, for samples of a class-conditional model.
+
+  ``labels_pred`` int ``[N]``: the classifier's classes; ``requested`` int ``[N]``: the classes the samples
+  were asked for. For each requested class c: ``percent`` = 100 · #{asked for c, classified as c} / #{asked
+  for c} (for a forget class this is its Unlearning Ratio; SFD's "unlearning accuracy" is ``100 − percent``,
+  recorded as ``unlearning_accuracy``), its Wilson 95% interval and the histogram of the classes assigned.
+  ``forget``: the same pooled over the requests of every forget class; ``retain``: pooled over the retained
+  classes (the share of retained requests that come out as asked). Raises ``ValueError`` on bad input.
+  """
+  pred = torch.as_tensor(labels_pred).detach().cpu().long()
+  req = torch.as_tensor(requested).detach().cpu().long()
+  k = len(class_names)
+  if pred.ndim != 1 or pred.shape != req.shape or not len(pred):
+    raise ValueError(f'predicted and requested labels must be [N] of the same N >= 1, got {tuple(pred.shape)} '
+                     f'and {tuple(req.shape)}')
+  for name, t in (('predicted', pred), ('requested', req)):
+    if int(t.min()) < 0 or int(t.max()) >= k:
+      raise ValueError(f'{name} labels out of range 0..{k - 1}')
+  forget = sorted({int(i) for i in forget_indices})
+
+  def share(mask):
+    n = int(mask.sum())
+    hits = int((mask & (pred == req)).sum())
+    lo, hi = wilson_interval(hits, n, z)
+    return {'num_samples': n, 'num_assigned': hits, 'percent': 100. * hits / n, 'ci95': [100. * lo, 100. * hi]}
+
+  out = {}
+  for c in sorted(set(req.tolist())):
+    mask = req == c
+    row = dict(share(mask), forget=c in forget,
+               histogram={class_names[j]: int(v) for j, v in enumerate(torch.bincount(pred[mask], minlength=k))})
+    if c in forget:
+      row['unlearning_accuracy'] = 100. - row['percent']
+    out[str(class_names[c])] = row
+  result = {'per_label': out, 'forget': None, 'retain': None}
+  is_forget = torch.isin(req, torch.tensor(forget, dtype=torch.long))
+  if bool(is_forget.any()):
+    pooled = share(is_forget)
+    pooled['unlearning_accuracy'] = 100. - pooled['percent']
+    result['forget'] = pooled
+  if bool((~is_forget).any()):
+    result['retain'] = share(~is_forget)
+  return result
+
+
+def per_label_of_samples(samples: torch.Tensor, requested: torch.Tensor, classifier, forget_indices: Sequence[int],
+                         batch_size: int = 512, z: float = Z95) -> dict:
+  """``per_label`` of ``samples`` (finite ones only, as ``unlearning_ratio_of_samples``) classified by
+  ``classifier``; ``requested`` [N] the classes they were asked for."""
+  finite = torch.isfinite(samples.reshape(samples.shape[0], -1)).all(dim=1)
+  if not bool(finite.any()):
+    raise ValueError('all samples hold NaN or ±inf: there is nothing to classify')
+  labels = classifier.predict(samples[finite.to(samples.device)], batch_size)
+  return per_label(labels, torch.as_tensor(requested)[finite.cpu()], forget_indices, classifier.label_names, z)

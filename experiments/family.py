@@ -46,9 +46,10 @@ def define_flags():
 
 
 def method_names(spec):
-  """The methods of ``spec`` (``all``: every registered one but the two baselines), in registry order."""
+  """The methods of ``spec`` (``all``: every registered one but the two baselines and those that need a
+  class-conditional model), in registry order."""
   if spec == 'all':
-    return [m.name for m in unlearning.registered() if m.name not in ('standard', 'unseen')]
+    return [m.name for m in unlearning.registered() if m.name not in ('standard', 'unseen') and m.unconditional]
   return [unlearning.get_method(name.strip()).name for name in spec.split(',') if name.strip()]
 
 

@@ -355,9 +355,10 @@ def method_runs(config, workdir, names, steps, progress=True):
 
 
 def method_names(spec, tasks=()):
-  """``--methods``: comma-separated names, or ``all`` (every registered method but standard and unseen)."""
+  """``--methods``: comma-separated names, or ``all`` (every registered method but standard, unseen and those that
+  need a class-conditional model)."""
   if spec.strip() == 'all':
-    return [m.name for m in unlearning.registered() if m.name not in ('standard', 'unseen')]
+    return [m.name for m in unlearning.registered() if m.name not in ('standard', 'unseen') and m.unconditional]
   return [unlearning.get_method(n.strip()).name for n in spec.split(',') if n.strip()]
 
 

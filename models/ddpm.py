@@ -8,11 +8,14 @@ False the input is taken to be in [0, 1] and mapped to [-1, 1] first.
 
 Group norms have 32 groups, so ``model.nf`` must be a multiple of 32. State-dict layout as in the
 official checkpoints: a float64 buffer ``sigmas`` [num_scales], then a flat ``all_modules`` list
-consumed in order by the forward pass.
+consumed in order by the forward pass. A class-conditional config (``model.class_conditional``) adds
+``label_embedding`` [num_classes + 1, 4 nf] outside that list (added to the time embedding; the last row
+is the null label); unconditional state dicts are unchanged.
 """
 import torch
 from torch import nn
 
+import conditioning
 from models import layers, utils
 
 NUM_GROUPS = 32
@@ -22,7 +25,9 @@ NUM_GROUPS = 32
 class DDPM(nn.Module):
   """DDPM U-Net: ``num_res_blocks`` residual blocks per level (``nf * ch_mult[i]`` channels), attention at
   ``attn_resolutions``, conv or pooling resampling (``resamp_with_conv``), time conditioning when
-  ``conditional``."""
+  ``conditional``; class labels with ``class_conditional``."""
+
+  supports_class_labels = True
 
   def __init__(self, config):
     super().__init__()
@@ -87,14 +92,19 @@ class DDPM(nn.Module):
 
     modules += [layers.group_norm(ch, NUM_GROUPS), layers.ddpm_conv3x3(ch, channels, init_scale=0.)]
     self.all_modules = nn.ModuleList(modules)
+    self.num_classes = conditioning.num_classes(config)
+    if self.num_classes:
+      self.label_embedding = utils.label_embedding(config, temb_dim)
 
-  def forward(self, x, labels):
-    """``x`` [B, C, H, W], ``labels`` [B] time labels -> [B, C, H, W]."""
+  def forward(self, x, labels, class_labels=None):
+    """``x`` [B, C, H, W], ``labels`` [B] time labels, ``class_labels`` [B] (class-conditional networks; None:
+    the null label) -> [B, C, H, W]."""
     modules = iter(self.all_modules)
     if self.conditional:
       temb = layers.get_timestep_embedding(labels, self.nf, dtype=x.dtype)
       temb = next(modules)(temb)
       temb = next(modules)(self.act(temb))
+      temb = utils.add_label_embedding(self, temb, class_labels)
     else:
       temb = None
 

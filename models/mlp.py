@@ -4,6 +4,7 @@ import math
 import torch
 from torch import nn
 
+import conditioning
 from models import utils
 
 
@@ -27,7 +28,11 @@ class MLP(nn.Module):
   with ``config.model.scale_by_sigma`` the output is divided by the σ label, as in NCSN++.
   Config: ``data.num_channels`` is D, ``model.hidden_dims``, ``model.embedding_dim``.
   For VE the label σ is embedded through log σ, as NCSN++'s Fourier features do.
+  With ``model.class_conditional``: ``forward(x, labels, class_labels)`` adds a class-label embedding
+  (``model.num_classes`` + 1 rows, the last the null label) to the time embedding (``conditioning``).
   """
+
+  supports_class_labels = True
 
   def __init__(self, config):
     super().__init__()
@@ -45,10 +50,15 @@ class MLP(nn.Module):
       prev = h
     self.blocks = nn.ModuleList(layers)
     self.out = nn.Linear(prev, dim)
+    # Built last, so that the other weights are drawn as in the unconditional network.
+    self.num_classes = conditioning.num_classes(config)
+    if self.num_classes:
+      self.label_embedding = utils.label_embedding(config, self.embedding_dim * 2)
 
-  def forward(self, x, labels):
+  def forward(self, x, labels, class_labels=None):
     cond = torch.log(labels) if self.log_labels else labels
     emb = self.temb(sinusoidal_embedding(cond, self.embedding_dim, dtype=x.dtype))
+    emb = utils.add_label_embedding(self, emb, class_labels)
     h = x
     for block in self.blocks:
       h = self.act(block['fc'](h) + block['temb'](emb))

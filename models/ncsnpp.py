@@ -16,13 +16,16 @@ in [0, 1] and mapped to [-1, 1] first.
 State-dict layout (identical to the official checkpoints): a float64 buffer ``sigmas``
 [num_scales] (``models.utils.get_sigmas``), then every layer in one flat ``nn.ModuleList``
 ``all_modules`` in the order the forward pass uses them, which the forward pass consumes with a
-single iterator.
+single iterator. A class-conditional config (``model.class_conditional``) adds ``label_embedding``
+[num_classes + 1, 4 nf] outside that list, added to the time embedding (the last row is the null label);
+unconditional state dicts are unchanged.
 """
 import math
 
 import torch
 from torch import nn
 
+import conditioning
 from models import layers, layerspp, utils
 
 RESBLOCK_TYPES = ('ddpm', 'biggan')
@@ -44,6 +47,8 @@ class NCSNpp(nn.Module):
   ``skip_rescale`` (residual sums divided by sqrt(2)), ``init_scale`` (scale of the last conv of each
   block), ``fourier_scale``; invalid values raise ValueError at construction.
   """
+
+  supports_class_labels = True
 
   def __init__(self, config):
     super().__init__()
@@ -162,6 +167,9 @@ class NCSNpp(nn.Module):
       modules += output_head(ch, channels, init_scale=init_scale)
 
     self.all_modules = nn.ModuleList(modules)
+    self.num_classes = conditioning.num_classes(config)
+    if self.num_classes:
+      self.label_embedding = utils.label_embedding(config, temb_dim)
 
   def _merge(self, a, b):
     """Residual sum of two paths, divided by sqrt(2) with ``skip_rescale``."""
@@ -172,8 +180,9 @@ class NCSNpp(nn.Module):
     norm, conv = next(modules), next(modules)
     return conv(self.act(norm(h)))
 
-  def forward(self, x, time_cond):
-    """``x`` [B, C, H, W], ``time_cond`` [B] (σ for Fourier embeddings, time label otherwise) -> [B, C, H, W]."""
+  def forward(self, x, time_cond, class_labels=None):
+    """``x`` [B, C, H, W], ``time_cond`` [B] (σ for Fourier embeddings, time label otherwise), ``class_labels``
+    [B] (class-conditional networks; None: the null label) -> [B, C, H, W]."""
     modules = iter(self.all_modules)
 
     # Embedding.
@@ -184,6 +193,7 @@ class NCSNpp(nn.Module):
     if self.conditional:
       temb = next(modules)(temb)
       temb = next(modules)(self.act(temb))
+      temb = utils.add_label_embedding(self, temb, class_labels)
     else:
       temb = None
 

@@ -8,6 +8,9 @@ The network parameterisation (time labels, noise vs. score output) is owned by t
 """
 import numpy as np
 import torch
+from torch import nn
+
+import conditioning
 from configs import default_configs
 
 _MODELS = {}
@@ -70,34 +73,84 @@ def create_model(config, device=None):
   """Builds the network named by ``config.model.name`` on ``device`` (default: CPU).
 
   Unlike the original code the module is not wrapped in ``DataParallel``; checkpoints are still
-  written and read with the ``module.`` key prefix (see ``utils.py``).
+  written and read with the ``module.`` key prefix (see ``utils.py``). ``config.model.class_conditional``
+  is refused for architectures without a label embedding.
   """
   config = default_configs.with_defaults(config)
-  model = get_model(config.model.name)(config)
+  cls = get_model(config.model.name)
+  if conditioning.num_classes(config) and not getattr(cls, 'supports_class_labels', False):
+    supported = ', '.join(n for n in registered_models() if getattr(_MODELS[n], 'supports_class_labels', False))
+    raise ValueError(f"config.model.class_conditional=True: model '{config.model.name}' has no label embedding; "
+                     f"use one of {supported}")
+  model = cls(config)
   return model.to(device) if device is not None else model
 
 
-def get_model_fn(model, train=False):
-  """``model_fn(x, labels)``: the raw network output, in train or eval mode."""
+LABEL_EMBEDDING = 'label_embedding'
 
-  def model_fn(x, labels):
+
+def label_embedding(config, dim):
+  """The class-label embedding of a class-conditional config: ``nn.Embedding(K + 1, dim)`` (row K is the
+  null label), or None for an unconditional one (which then has no such state-dict entry at all)."""
+  k = conditioning.num_classes(config)
+  return nn.Embedding(k + 1, dim) if k else None
+
+
+def add_label_embedding(model, temb, class_labels):
+  """``temb`` [B, dim] plus the embedding of ``class_labels`` [B] (None: the null label) for a
+  class-conditional ``model``; an unconditional model returns ``temb`` and refuses class labels."""
+  k = int(getattr(model, 'num_classes', 0) or 0)
+  if not k:
+    if class_labels is not None:
+      raise ValueError('class labels were given to a network that is not class-conditional '
+                       '(config.model.class_conditional=False)')
+    return temb
+  if class_labels is None:
+    class_labels = torch.full((temb.shape[0],), k, dtype=torch.long, device=temb.device)
+  return temb + getattr(model, LABEL_EMBEDDING)(class_labels).to(temb.dtype)
+
+
+def get_model_fn(model, train=False):
+  """``model_fn(x, labels, class_labels=None)``: the raw network output, in train or eval mode.
+
+  ``class_labels`` [B] (int64; ``num_classes`` = the null label) are passed to class-conditional networks
+  only when given, so unconditional networks keep their two-argument call.
+  """
+
+  def model_fn(x, labels, class_labels=None):
     model.train(train)
-    return model(x, labels)
+    if class_labels is None:
+      return model(x, labels)
+    return model(x, labels, class_labels)
 
   return model_fn
 
 
-def get_score_fn(sde, model, train=False, continuous=False):
+def get_score_fn(sde, model, train=False, continuous=False, class_labels=None, guidance=1.):
   """``score_fn(x, t) -> ∇_x log p_t(x)``, shape of ``x``, for times ``t`` [B] in [eps, T].
 
   VP/sub-VP networks predict the noise ε and ``score = -ε̂/σ_t`` with labels ``t·999`` (continuous)
   or ``t·(N-1)`` (discrete); VE networks output the score, conditioned on σ(t) (continuous) or on the
   discrete noise-level index.
+
+  Class-conditional networks: ``class_labels`` [B] the classes asked for (None: the null label, i.e. the
+  unconditional branch) and ``guidance`` w of classifier-free guidance, s(∅) + w (s(y) − s(∅))
+  (``conditioning.guided``; w = 1: the plain conditional score).
   """
   model_fn = get_model_fn(model, train=train)
+  k = conditioning.model_num_classes(model)
+  if class_labels is not None:
+    if not k:
+      raise ValueError('class labels were given for a network that is not class-conditional '
+                       '(config.model.class_conditional=False)')
+    class_labels = conditioning.check_labels(class_labels, k)
 
   def score_fn(x, t):
-    out = model_fn(x, sde.model_labels(t, continuous))
+    labels = sde.model_labels(t, continuous)
+    if class_labels is None:
+      out = model_fn(x, labels)
+    else:
+      out = conditioning.guided(model_fn, x, labels, class_labels, guidance, k)
     return sde.output_to_score(out, t, continuous)
 
   return score_fn

@@ -366,7 +366,7 @@ def test_vdu_never_reads_retained_data(tmp_path, monkeypatch):
 # Every method trains: toy (continuous, discrete; scratch, fine-tune) and 8×8 digits
 
 
-METHODS = [m.name for m in unlearning.registered()]
+METHODS = [m.name for m in unlearning.registered() if m.unconditional]   # sfd: tests/test_sfd.py
 
 
 @pytest.fixture(scope='module')

@@ -18,11 +18,13 @@ from unlearning import sa  # noqa: E402,F401
 from unlearning import erasediff  # noqa: E402,F401
 from unlearning import siss  # noqa: E402,F401
 from unlearning import vdu  # noqa: E402,F401
+from unlearning import sfd  # noqa: E402,F401
 
 
-def build_objective(method, config, sde, data, device, model, train=True, start='fresh', workdir=None, step=0):
+def build_objective(method, config, sde, data, device, model, train=True, start='fresh', workdir=None, step=0,
+                    extra=None):
   """``method.build`` on a ``Context`` of these values: the run's ``Objective``."""
-  ctx = Context(config, sde, data, device, model, train, start, workdir, step)
+  ctx = Context(config, sde, data, device, model, train, start, workdir, step, extra)
   return get_method(method).build(ctx)
 
 

@@ -32,6 +32,10 @@ class Method:
   read at all). ``forget_data``: whether D_f batches are drawn. ``build(ctx) -> Objective``.
   ``needs``: what the method needs besides the data (for docs and error messages); ``keys``: the config
   keys it reads; ``presets``: named settings (``--config.unlearn.preset``); ``paper``: where it comes from.
+  ``class_conditional``: the method trains class-conditional networks too (``config.model.class_conditional``:
+  its data batches are ``(x, y)`` pairs, ``losses.split_batch``); the others refuse them. ``unconditional``:
+  False for a method that needs class-conditional networks (SFD), which the toy and family jobs then skip.
+  ``configure(config)``: called before the state is built, to set what the method fixes (e.g. its optimiser).
   """
   name: str
   build: Callable
@@ -45,6 +49,9 @@ class Method:
   paper: str = ''
   presets: dict = dataclasses.field(default_factory=dict)
   trains_on: str = ''   # for the docs' table, where ``retain_data`` does not say it all
+  class_conditional: bool = False
+  unconditional: bool = True
+  configure: Optional[Callable] = None
 
 
 _METHODS = {}
@@ -84,7 +91,8 @@ class Context:
   ``model``: the network being trained, holding its starting weights (fresh, fine-tuning or resumed);
   ``start``: ``'fresh'``, ``'finetune'``, ``'resumed'`` or ``'eval'``; ``workdir``: where the method may cache
   what it computes once (None: nothing is cached); ``train``: a training run (False: the evaluation loss,
-  which needs the per-sample terms only); ``step``: the step the run starts at.
+  which needs the per-sample terms only); ``step``: the step the run starts at; ``extra``: the ``extra`` entry of
+  the checkpoint a run resumes from (``Objective.checkpoint_entries``), else None.
   """
   config: object
   sde: object
@@ -95,6 +103,7 @@ class Context:
   start: str = 'fresh'
   workdir: Optional[str] = None
   step: int = 0
+  extra: Optional[dict] = None
 
   def loss_fn(self, term_fn=None, t_range=None, reference=None, tilt_fn=None, noise='gaussian'):
     """The engine's per-sample loss with this run's training settings (``losses.get_loss_fn``)."""
@@ -175,6 +184,11 @@ class Objective:
 
   def after_update(self, model):
     """Called after the optimiser step (before the EMA update)."""
+
+  def checkpoint_entries(self):
+    """Entries written with every checkpoint besides the model (``utils.EXTRA_ENTRIES``: ``generator``,
+    ``extra``); a resumed run hands ``extra`` back to the method (``Context.extra``)."""
+    return {}
 
   def synchronize(self):
     """Called once by every process of a torchrun group before training (after the group agreed to start):
