@@ -401,17 +401,22 @@ def main(argv=None):
     log(f'\n[{name}] {CONFIGS[name][1]}: training batch {config.training.batch_size}, {steps} steps x '
         f'{args.repeats} rounds; variants {", ".join(variants)}')
     report['training'][name] = bench_training(name, config, variants, device, steps, args.warmup, args.repeats, log)
+    log('  training steps/s: ' + ', '.join(f"{v} {r['rate']:.3g}" for v, r in report['training'][name].items()
+                                          if 'rate' in r))
     if small or not args.quick:
       if not args.skip_sampling:
         sbatch = {'toy': 512, 'mnist': 16}.get(name, 2) if args.quick else \
           ({'toy': 2000, 'mnist': 128}.get(name, 128) if device.type == 'cuda' else {'toy': 512}.get(name, 8))
         res, n = bench_sampling(config, sbatch, device, args.repeats)
         report['sampling'][name] = dict(res, batch=sbatch, steps=n)
+        log('  sampling images/s: ' + ', '.join(f"{v} {res[v]['rate']:.3g}" for v in ('official', 'fp32')))
       if not args.skip_likelihood:
         lbatch = {'toy': 256, 'mnist': 4}.get(name, 2) if args.quick else \
           ({'toy': 1000}.get(name, 64) if device.type == 'cuda' else {'toy': 256}.get(name, 4))
         report['likelihood'][name] = dict(bench_likelihood(config, lbatch, device, args.repeats, rtol), batch=lbatch,
                                           rtol=rtol)
+        log('  likelihood images/s: ' + ', '.join(f"{v} {report['likelihood'][name][v]['rate']:.3g}"
+                                                  for v in ('official', 'fp32')))
   print_table(report, log)
   if args.json:
     with open(args.json, 'w') as f:
