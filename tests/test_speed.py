@@ -214,3 +214,20 @@ def test_cuda_training_step_does_not_synchronise(options):
   finally:
     torch.cuda.set_sync_debug_mode(0)
   assert monitor.check()[0] is None
+
+
+def test_the_throughput_benchmark_runs_and_reports_each_contender(tmp_path):
+  """``benchmarks/throughput.py`` on the toy, shrunk: every contender gets a positive rate and the same step
+  count, and the JSON holds what the table printed."""
+  sys.path.insert(0, ROOT)
+  from benchmarks import throughput
+  out = tmp_path / 'throughput.json'
+  report = throughput.main(['--configs', 'toy', '--variants', 'official,fp32,bf16', '--steps', '2', '--warmup', '1',
+                            '--repeats', '1', '--sample-steps', '5', '--rtol', '1e-2', '--json', str(out)])
+  assert set(report['training']['toy']) == {'official', 'fp32', 'bf16'}
+  assert all(r['rate'] > 0 for r in report['training']['toy'].values())
+  for kind in ('sampling', 'likelihood'):
+    assert report[kind]['toy']['official']['rate'] > 0 and report[kind]['toy']['fp32']['rate'] > 0
+  assert report['sampling']['toy']['steps'] == 5
+  import json
+  assert json.loads(out.read_text())['training']['toy']['fp32']['rate'] == report['training']['toy']['fp32']['rate']
