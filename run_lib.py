@@ -286,11 +286,13 @@ def _train(config, workdir, method, finetune, progress, main):
       sizes.append(('forget ', batch_size('forget', tc.batch_size_un)))
       forget_iter = data.iterator('train', 'forget', sizes[-1][1], datasets.derive_seed(data_seed, 'forget'),
                                   start_step=forget_done, **loading)
-    # Evaluation draws its batches and noise from its own streams, so it never shifts the training RNG.
+    # Evaluation draws its batches and noise from its own streams, so it never shifts the training RNG. Its
+    # retain term reads D_g test data even where training replays other items (sa's samples).
+    eval_retain = eval_objective.needs_retain_batch and retain_part != 'none'
     evals_done = start // tc.eval_freq if tc.eval_freq > 0 else 0
     eval_iter = data.iterator('test', retain_part, tc.batch_size, datasets.derive_seed(config.seed, 'eval'),
                               random_flip=False, uniform_dequantization=False, drop_last=False,
-                              start_step=evals_done) if uses_retain else None
+                              start_step=evals_done) if eval_retain else None
     eval_forget_iter = None
     if method.forget_data and len(data.test.forget) > 0:
       eval_forget_iter = data.iterator('test', 'forget', tc.batch_size_un, datasets.derive_seed(config.seed, 'eval-f'),

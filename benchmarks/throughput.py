@@ -81,7 +81,7 @@ def load_config(name, device, batch=None, sample_steps=None):
   config.device = device.type
   if batch:
     config.training.batch_size = config.training.batch_size_un = batch
-  if sample_steps:
+  if sample_steps and config.training.continuous:   # a discrete model keeps its N (β_max/N < 1)
     config.model.num_scales = sample_steps
   return config
 

@@ -386,6 +386,7 @@ def pretrained_toy(tmp_path_factory):
 def test_every_method_trains_on_the_toy(tmp_path, method, continuous, pretrained_toy):
   for finetune in (False, True):
     config = toy(4)
+    config.training.eval_freq = 2   # the evaluation loss too (its retain term reads D_g test data for every method)
     config.training.continuous = continuous
     config.training.pretrained = pretrained_toy[continuous]
     state = run_lib.train(config, str(tmp_path / str(finetune)), method, finetune=finetune, progress=False)
