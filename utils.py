@@ -377,6 +377,16 @@ def atomic_torch_save(obj, path):
   atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def read_json(path):
+  """The parsed JSON file at ``path``; ``ValueError('cannot read <path>: <why>')`` when it cannot be read or
+  parsed."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f'cannot read {path}: {e}') from None
+
+
 def atomic_write_text(path, text):
   """Writes ``text`` to ``path`` atomically."""
   atomic_write(path, lambda f: f.write(text), mode='w')

@@ -421,10 +421,9 @@ def _read_json(path) -> Optional[dict]:
   if not os.path.isfile(path):
     return None
   try:
-    with open(path) as f:
-      out = json.load(f)
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise DownstreamError(f'cannot read {path} to add the downstream results to it: {e}') from None
+    out = utils.read_json(path)
+  except ValueError as e:
+    raise DownstreamError(f'{e} (the downstream results are added to it)') from None
   return out if isinstance(out, dict) else None
 
 

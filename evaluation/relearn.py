@@ -386,11 +386,7 @@ def load(workdir, eval_folder='eval') -> Optional[dict]:
   path = os.path.join(workdir, eval_folder, RESULTS_FILENAME)
   if not os.path.isfile(path):
     return None
-  try:
-    with open(path) as f:
-      out = json.load(f)
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ValueError(f'cannot read {path}: {e}') from None
+  out = utils.read_json(path)
   if not isinstance(out, dict):
     raise ValueError(f'{path} does not hold a relearning result')
   return out

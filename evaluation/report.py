@@ -98,10 +98,9 @@ def load_results(workdir: str, eval_folder: str = 'eval') -> dict:
     raise ReportError(f'no evaluation results at {path}: run  python main.py --config <config> --workdir '
                       f'{workdir} --mode eval --eval_folder {eval_folder}  first (or pass --eval_folder)')
   try:
-    with open(path) as f:
-      results = json.load(f)
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ReportError(f'cannot read {path}: {e}') from None
+    results = utils.read_json(path)
+  except ValueError as e:
+    raise ReportError(str(e)) from None
   if not isinstance(results, dict):
     raise ReportError(f'{path} does not hold a results object (found {type(results).__name__})')
   return results
