@@ -207,6 +207,14 @@ def zoom_box(runs, width=0.03, se_bars=2.):
   return (x0 - px, x1 + px), (y0 - py, y1 + py)
 
 
+def off_scale(runs, limit=1.0):
+  """Names of the runs whose D_g (nats) exceeds the entropy of p_g by more than ``limit`` nats: they would
+  stretch the frontier panel until the other runs merge (e.g. a model that ascent broke); the figure lists
+  them beside it instead. ``runs``: ``{name: (g, f, ...)}`` in nats."""
+  h = frontier.entropy_retain()
+  return [name for name, (g, *_) in runs.items() if g > h + limit]
+
+
 def draw_figure(results, data, config, path, field_time, num_retain=None, num_forget=None):
   """One figure: samples of every row (top), the score field at ``field_time`` coloured by its norm with a
   colour bar (middle), and the runs against the frontier, labelled in a legend with their verdicts (bottom).
@@ -272,6 +280,10 @@ def draw_figure(results, data, config, path, field_time, num_retain=None, num_fo
            'density reaches at each D_g (docs/frontier.md).', fontsize=10, va='top')
   runs = {k: (v['retain']['nats']['mean'], v['forget']['nats']['mean'], v['retain']['nats']['sem'],
               v['forget']['nats']['sem']) for k, v in results.items() if 'density' not in v}
+  far = off_scale(runs)
+  far_text = [f'{k}: D_g {frontier.to_paper_scale(runs[k][0]):.2f}, D_f {frontier.to_paper_scale(runs[k][1]):.2f}'
+              for k in far]
+  runs = {k: v for k, v in runs.items() if k not in far}
   box = zoom_box(runs)
   bottom = gridspec.GridSpecFromSubplotSpec(1, 3, subplot_spec=outer[2, :], width_ratios=[1.5, 0.85, 0.95],
                                             wspace=0.22)
@@ -283,6 +295,10 @@ def draw_figure(results, data, config, path, field_time, num_retain=None, num_fo
     points = f' on {num_retain:,} D_g / {num_forget:,} D_f test points'
   ax.set_title(f'Each run against the frontier (bars: ±2 SE{points})', fontsize=10)
   ax.grid(alpha=0.3)
+  if far_text:
+    ax.text(0.98, 0.02, 'off scale (D_g > H(p_g) + 1 nat; paper scale):\n' + '\n'.join(far_text),
+            transform=ax.transAxes, ha='right', va='bottom', fontsize=8,
+            bbox=dict(boxstyle='round', facecolor='white', alpha=0.9, edgecolor='0.6'))
   if box is not None:
     (x0, x1), (y0, y1) = box
     ax.add_patch(patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1., color='0.3'))

@@ -95,3 +95,13 @@ def test_table_note_names_the_test_points():
   note = toy_gmm2d.table_note(16000, 4000, 1000, 1e-4)
   assert '16,000 D_g and 4,000 D_f test points' in note and '1,000 per model' in note and 'tolerance 0.0001' in note
   assert 'within error' in note
+
+
+def test_runs_far_beyond_the_retain_entropy_are_listed_off_scale():
+  """A run whose D_g is more than a nat above H(p_g) (ascent that broke the model) is kept out of the frontier
+  panel; runs near the frontier stay."""
+  from evaluation import frontier
+  from experiments import toy_gmm2d
+  h = frontier.entropy_retain()
+  runs = {'near': (h + 0.02, 5.0, 0.01, 0.03), 'edge': (h + 0.99, 6.0, 0.02, 0.05), 'broken': (h + 5.7, 11.6, 0.02, 0.01)}
+  assert toy_gmm2d.off_scale(runs) == ['broken']
