@@ -77,6 +77,27 @@ def run(argv):
   except Exception as e:   # noqa: BLE001
     error_exit(describe_flag_error(e))
 
+  import runtime
+
+  grouped = runtime.launched_world_size() > 1
+  if grouped and FLAGS.mode not in ('train', 'eval'):
+    error_exit(f'--mode {FLAGS.mode} runs in one process: start it without torchrun (torchrun is for --mode train '
+               'and eval)')
+  code = None   # the exit status of a run that ended well or with a reported error
+  try:
+    run_mode(config, grouped)
+    code = 0
+  except SystemExit as e:
+    code = e.code if isinstance(e.code, int) else 1
+    raise
+  finally:
+    runtime.close_distributed(synchronise=code == 0)
+    if grouped and code is not None:
+      runtime.exit_now(code)
+
+
+def run_mode(config, grouped):
+  """Runs ``--mode`` (in a torchrun group when ``grouped``); bad input ends with one error line."""
   import os
 
   import datasets
@@ -89,10 +110,6 @@ def run(argv):
 
   expected = (ValueError, FileNotFoundError, run_lib.TrainingError, utils.CheckpointError, utils.WriteError,
               utils.WorkdirBusyError, datasets.DatasetUnavailableError)
-  grouped = runtime.launched_world_size() > 1
-  if grouped and FLAGS.mode not in ('train', 'eval'):
-    error_exit(f'--mode {FLAGS.mode} runs in one process: start it without torchrun (torchrun is for --mode train '
-               'and eval)')
   try:
     if grouped:
       runtime.init_distributed(config.device)
@@ -153,8 +170,6 @@ def run(argv):
   except KeyboardInterrupt:
     print('interrupted; run the same command again to resume from the last checkpoint', file=sys.stderr)
     sys.exit(130)
-  finally:
-    runtime.close_distributed()
 
 
 if __name__ == '__main__':

@@ -10,6 +10,7 @@ import datetime
 import logging as py_logging
 import os
 import random
+import sys
 
 import numpy as np
 import torch
@@ -97,10 +98,30 @@ def init_distributed(device_name='auto'):
   return world_size()
 
 
-def close_distributed():
-  """Leaves the process group (if any)."""
+def close_distributed(synchronise=False):
+  """Leaves the process group (if any); ``synchronise``: first waits for every process to get here (a run
+  that ended well everywhere)."""
   if _dist():
+    if synchronise:
+      torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+
+
+def exit_now(code):
+  """Ends a process of a torchrun group with ``code`` once its output is flushed, skipping the interpreter's
+  teardown: there, the backend's worker threads (gloo) can meet half-destroyed objects and abort a run that
+  has finished and written everything (exit status -6 instead of ``code``)."""
+  for handler in py_logging.getLogger().handlers + py_logging.getLogger('absl').handlers:
+    try:
+      handler.flush()
+    except Exception:   # noqa: BLE001  (a closed stream: nothing left to flush)
+      pass
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except Exception:   # noqa: BLE001
+      pass
+  os._exit(code)
 
 
 def shard():
