@@ -141,3 +141,17 @@ def test_a_one_process_checkpoint_resumes_in_two_on_the_digits(tmp_path):
                       tmp_path / 'one' / 'checkpoints' / 'checkpoint_2.pth', atol=1e-5)
   log = (tmp_path / 'mixed' / 'stdout.txt').read_text()
   assert log.count('world size 2, per-rank batch 8 (global 16)') == 1 and log.count('world size 1') == 1
+
+
+def test_exit_now_flushes_the_output_and_keeps_the_status():
+  """A process of a group leaves without the interpreter's teardown: what it printed and logged (buffered,
+  since stdout is a pipe) still arrives, and the exit status is the one asked for."""
+  code = ('import sys; from absl import logging; import runtime; print("printed", end=""); '
+          'sys.stderr.write("written"); logging.get_absl_handler(); logging.warning("logged"); '
+          'runtime.exit_now(3); print("never")')
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONUNBUFFERED'}
+  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                        env=env)
+  assert proc.returncode == 3
+  assert proc.stdout == 'printed'
+  assert 'written' in proc.stderr and 'logged' in proc.stderr
