@@ -2,7 +2,7 @@
 
   python -m experiments.toy_gmm2d --workdir runs/toy [--tasks standard,unseen,orthogonal,obtuse]
       [--presets toy-best,toy-ratio] [--methods all] [--method_steps 2000] [--num_test 5000]
-      [--num_samples 1000] [--config configs/toy/gmm2d.py]
+      [--num_samples 1000] [--jobs 0] [--config configs/toy/gmm2d.py]
       [--config.training.n_iters=...]
 
 Trains one model per task in ``W/<task>/`` and one per preset (declared by the method modules) in
@@ -36,6 +36,7 @@ import unlearning
 import utils
 from evaluation import frontier
 from evaluation.stats import mean_sem
+from experiments import pool
 from experiments import tables
 from evaluation import run as evaluation_run
 from models import utils as mutils
@@ -61,7 +62,10 @@ def define_flags():
                       'W/ft-<method>; rows "<method> (ft)".')
   flags.DEFINE_integer('method_steps', METHOD_STEPS, 'Fine-tuning steps of each --methods run.')
   flags.DEFINE_float('field_time', 0.05, 'Time t at which the score fields are drawn.')
-  flags.DEFINE_boolean('progress', True, 'Show progress bars.')
+  flags.DEFINE_boolean('progress', True, 'Show progress bars (of a run of --jobs=1).')
+  flags.DEFINE_integer('jobs', 0, 'Runs trained and evaluated side by side, each in a process of one thread '
+                       '(0: one per CPU core, at most 4; 1: all in this process, with torch\'s default threads). '
+                       'The toy\'s small MLP gains nothing from a second thread per run.')
 
 
 #: test points of the main job's NLLs (4,000 D_g + 1,000 D_f; the same for every row): as many as keep the job
@@ -329,37 +333,37 @@ def noisy_classifier_path(config, workdir, progress=True):
   return path
 
 
-def preset_runs(config, workdir, names, progress=True):
-  """``[(row name, task, config, run dir)]`` for each preset; a preset needing a reference model gets the
-  latest checkpoint of ``W/unseen`` (trained on D_g only, here first if it is not there yet), one needing a
-  noisy classifier gets ``W/noisy_classifier`` (likewise)."""
-  runs = []
+def resolve_presets(config, names):
+  """``[(name, method, preset)]`` for the preset names (``ValueError`` for an unknown one)."""
+  known = unlearning.all_presets()
   for name in names:
-    known = unlearning.all_presets()
     if name not in known:
       raise ValueError(f"unknown preset '{name}'; valid: {', '.join(sorted(known))}")
-    method, preset = known[name]
+  return [(name, known[name][0], known[name][1]) for name in names]
+
+
+def preset_runs(config, workdir, presets):
+  """``[(row name, task, config, run dir)]`` for each resolved preset; one needing a reference model gets the
+  latest checkpoint of ``W/unseen`` (trained on D_g only), one needing a noisy classifier gets
+  ``W/noisy_classifier``: both must be there (``run_toy`` trains them first)."""
+  runs = []
+  for name, method, preset in presets:
     cfg = copy.deepcopy(config)
     cfg.unlearn.preset = name
     if preset.get('reference') and not cfg.unlearn.reference:
-      unseen_dir = os.path.join(workdir, 'unseen')
-      run_lib.train(copy.deepcopy(config), unseen_dir, 'unseen', progress=progress)
-      cfg.unlearn.reference = run_lib.latest_checkpoint(unseen_dir)[0]
+      cfg.unlearn.reference = run_lib.latest_checkpoint(os.path.join(workdir, 'unseen'))[0]
     if preset.get('classifier') and not cfg.unlearn.classifier:
-      cfg.unlearn.classifier = noisy_classifier_path(config, workdir, progress)
-    task = method.name
-    runs.append((f'{task} + {name}', task, cfg, os.path.join(workdir, name)))
+      cfg.unlearn.classifier = os.path.join(workdir, 'noisy_classifier', noisy_classifier.FILENAME)
+    runs.append((f'{method.name} + {name}', method.name, cfg, os.path.join(workdir, name)))
   return runs
 
 
-def method_runs(config, workdir, names, steps, progress=True):
-  """``[(row name, method, config, run dir)]``: each method fine-tunes the Standard run ``W/standard``
-  (trained here first if needed) for ``steps`` steps with its defaults."""
+def method_runs(config, workdir, names, steps):
+  """``[(row name, method, config, run dir)]``: each method fine-tunes the Standard run ``W/standard`` (which
+  must be there: ``run_toy`` trains it first) for ``steps`` steps with its defaults."""
   if not names:
     return []
-  standard = os.path.join(workdir, 'standard')
-  run_lib.train(copy.deepcopy(config), standard, 'standard', progress=progress)
-  pretrained = run_lib.latest_checkpoint(standard)[0]
+  pretrained = run_lib.latest_checkpoint(os.path.join(workdir, 'standard'))[0]
   runs = []
   for name in names:
     cfg = copy.deepcopy(config)
@@ -368,6 +372,28 @@ def method_runs(config, workdir, names, steps, progress=True):
     t.snapshot_freq_for_preemption = min(int(t.snapshot_freq_for_preemption), int(steps))
     runs.append((f'{name} (ft)', name, cfg, os.path.join(workdir, f'ft-{name}')))
   return runs
+
+
+def run_stage(kind, *args):
+  """One stage of the job (a module-level function, so that ``experiments.pool`` can run it in another
+  process): ``('train', config, run dir, task, progress)`` → seconds of training (a finished run is reused,
+  an interrupted one resumed); ``('classifier', config, workdir, progress)`` → seconds;
+  ``('evaluate', config, run dir, task, progress, num_test, num_samples)`` → (``evaluate_run``'s result,
+  seconds)."""
+  start = time.time()
+  if kind == 'train':
+    cfg, run_dir, task, progress = args
+    run_lib.train(cfg, run_dir, task, finetune=bool(cfg.training.pretrained), progress=progress)
+    return time.time() - start
+  if kind == 'classifier':
+    noisy_classifier_path(*args)
+    return time.time() - start
+  if kind == 'evaluate':
+    cfg, run_dir, task, progress, num_test, num_samples = args
+    data = datasets.get_dataset(evaluation_config(cfg, num_test, num_samples), evaluation=True)
+    out = evaluate_run(cfg, run_dir, task, data, progress, num_test, num_samples)
+    return out, time.time() - start
+  raise ValueError(f'unknown stage {kind!r}')
 
 
 def method_names(spec, tasks=()):
@@ -379,27 +405,46 @@ def method_names(spec, tasks=()):
 
 
 def run_toy(config, workdir, tasks, field_time=0.05, progress=True, preset_names=(), num_test=0, num_samples=0,
-            methods=(), method_steps=METHOD_STEPS):
+            methods=(), method_steps=METHOD_STEPS, jobs=1):
   """Trains (or reuses) each task's, each preset's and each fine-tuning method's run, evaluates all of them
   on the same test points, writes the table and the figure. ``num_test`` (test points, D_g and D_f together)
   and ``num_samples`` (samples per model) replace the config's for the evaluation where > 0; training is
-  unchanged."""
+  unchanged. ``jobs`` > 1: independent runs side by side in that many processes of one thread each
+  (``experiments.pool``): first the tasks with what the presets and methods need (W/unseen, the noisy
+  classifier, W/standard), then the presets and methods, then every evaluation."""
   os.makedirs(workdir, exist_ok=True)
   ecfg = evaluation_config(config, num_test, num_samples)
   data = datasets.get_dataset(ecfg, evaluation=True)
   if data.density is None:
     raise ValueError(f'the toy experiment needs the GMM2D data set, not {config.data.dataset}')
+  presets = resolve_presets(config, preset_names)
   results = analytic_rows(data, ecfg.eval.num_samples)
-  seconds = {}
+  bars = progress and jobs <= 1   # progress bars of processes side by side would garble each other
+
   runs = [(task, task, config, os.path.join(workdir, task)) for task in tasks]
-  fine_tuned = method_runs(config, workdir, methods, method_steps, progress)
-  for name, task, cfg, run_dir in runs + preset_runs(config, workdir, preset_names, progress) + fine_tuned:
-    start = time.time()
-    run_lib.train(cfg, run_dir, task, finetune=bool(cfg.training.pretrained), progress=progress)
-    mid = time.time()
-    results[name] = evaluate_run(cfg, run_dir, task, data, progress, num_test, num_samples)
-    seconds[name] = {'train': mid - start, 'evaluate': time.time() - mid}
-    logging.info('%s: training (or reuse) %.0f s, evaluation %.0f s', name, *seconds[name].values())
+  first = list(runs)
+  needed = [('unseen', any(p.get('reference') for _, _, p in presets) and not config.unlearn.reference),
+            ('standard', bool(methods))]
+  for task, wanted in needed:
+    if wanted and task not in tasks:
+      first.append((task, task, config, os.path.join(workdir, task)))
+  stages = [('train', cfg, run_dir, task, bars) for _, task, cfg, run_dir in first]
+  if any(p.get('classifier') for _, _, p in presets) and not config.unlearn.classifier:
+    stages.append(('classifier', copy.deepcopy(config), workdir, bars))
+  seconds = dict(zip([name for name, *_ in first], pool.map_runs(run_stage, stages, jobs)))
+
+  later = preset_runs(config, workdir, presets) + method_runs(config, workdir, methods, method_steps)
+  stages = [('train', cfg, run_dir, task, bars) for _, task, cfg, run_dir in later]
+  seconds.update(zip([name for name, *_ in later], pool.map_runs(run_stage, stages, jobs)))
+
+  rows = runs + later
+  stages = [('evaluate', cfg, run_dir, task, bars, num_test, num_samples) for _, task, cfg, run_dir in rows]
+  timing = {}
+  for (name, *_), (result, took) in zip(rows, pool.map_runs(run_stage, stages, jobs)):
+    results[name] = result
+    timing[name] = {'train': seconds[name], 'evaluate': took}
+    logging.info('%s: training (or reuse) %.0f s, evaluation %.0f s', name, *timing[name].values())
+  seconds = timing
   n_g, n_f = len(data.test.retain), len(data.test.forget)
   note = table_note(n_g, n_f, int(ecfg.eval.num_samples), ecfg.sampling.ode_rtol)
   md = tables.write_table(table_rows(results), workdir, 'toy_table', note=note)
@@ -431,7 +476,8 @@ def main(argv):
     tasks = [unlearning.get_method(t).name for t in tasks]
     names = [p.strip() for p in FLAGS.presets.split(',') if p.strip()]
     md, _ = run_toy(FLAGS.config, FLAGS.workdir, tasks, FLAGS.field_time, FLAGS.progress, names, FLAGS.num_test,
-                    FLAGS.num_samples, method_names(FLAGS.methods), FLAGS.method_steps)
+                    FLAGS.num_samples, method_names(FLAGS.methods), FLAGS.method_steps,
+                    FLAGS.jobs if FLAGS.jobs > 0 else pool.default_jobs())
   except (ValueError, run_lib.TrainingError, utils.CheckpointError, datasets.DatasetUnavailableError) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)

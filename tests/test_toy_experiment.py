@@ -15,7 +15,7 @@ def test_paper_scale_conversion():
   assert to_paper_scale(5.153) == pytest.approx(11.717, abs=1e-3)
 
 
-def test_toy_runs_end_to_end(tmp_path):
+def tiny_config():
   config = get_config()
   t = config.training
   t.n_iters = 40
@@ -33,6 +33,11 @@ def test_toy_runs_end_to_end(tmp_path):
   config.sampling.ode_rtol = config.sampling.ode_atol = 1e-3
   config.device = 'cpu'
   config.noisy_classifier.n_iters = 40
+  return config
+
+
+def test_toy_runs_end_to_end(tmp_path):
+  config = tiny_config()
   # the evaluation's test set and sample count replace the config's (400 points: 320 D_g + 80 D_f)
   md, results = toy_gmm2d.run_toy(config, str(tmp_path), ['standard', 'orthogonal'], progress=False,
                                   preset_names=['toy-best'], num_test=400, num_samples=150)
@@ -105,3 +110,23 @@ def test_runs_far_beyond_the_retain_entropy_are_listed_off_scale():
   h = frontier.entropy_retain()
   runs = {'near': (h + 0.02, 5.0, 0.01, 0.03), 'edge': (h + 0.99, 6.0, 0.02, 0.05), 'broken': (h + 5.7, 11.6, 0.02, 0.01)}
   assert toy_gmm2d.off_scale(runs) == ['broken']
+
+
+def test_runs_side_by_side_give_the_same_table(tmp_path):
+  """--jobs 2 (processes of one thread) trains and evaluates exactly what one process does (one thread, as in
+  the tests): the preset waits for its reference model, the fine-tuned method for the Standard run."""
+  config = tiny_config()
+  kwargs = dict(progress=False, preset_names=['toy-ratio'], num_test=200, num_samples=50, methods=['finetune'],
+                method_steps=10)
+  _, one = toy_gmm2d.run_toy(config, str(tmp_path / 'one'), ['standard'], jobs=1, **kwargs)
+  _, two = toy_gmm2d.run_toy(config, str(tmp_path / 'two'), ['standard'], jobs=2, **kwargs)
+  assert set(one) == set(two) == {'p_data (exact)', 'p_g (exact)', 'standard', 'obtuse + toy-ratio',
+                                  'finetune (ft)'}
+  for name in ('standard', 'obtuse + toy-ratio', 'finetune (ft)'):
+    for part in ('retain', 'forget'):
+      assert two[name][part]['nats']['mean'] == one[name][part]['nats']['mean']
+    assert (two[name]['samples'] == one[name]['samples']).all()
+  preset_cfg = json.load(open(tmp_path / 'two' / 'toy-ratio' / 'config.json'))['unlearn']
+  assert preset_cfg['reference'] == str(tmp_path / 'two' / 'unseen' / 'checkpoints' / 'checkpoint_1.pth')
+  assert json.load(open(tmp_path / 'two' / 'ft-finetune' / 'config.json'))['training']['pretrained'] == \
+      str(tmp_path / 'two' / 'standard' / 'checkpoints' / 'checkpoint_1.pth')
