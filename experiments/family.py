@@ -2,7 +2,7 @@
 
   python -m experiments.family --workdir W --pretrained STANDARD.pth --classifier C/classifier.pth \
       [--config configs/mnist/mnist5k_small.py] [--methods all] [--steps 500] [--unseen W_unseen] \
-      [--config.key=value ...]
+      [--jobs 1] [--config.key=value ...]
 
 For each method M (``--methods``: comma-separated ``--task`` names, or ``all`` = every registered method but
 ``standard`` and ``unseen``): ``W/M`` fine-tunes ``--pretrained`` for ``--steps`` steps with M's defaults;
@@ -27,6 +27,7 @@ import utils
 from evaluation import relearn
 from evaluation import report
 from evaluation import run as evaluation_run
+from experiments import pool
 
 FLAGS = flags.FLAGS
 
@@ -41,7 +42,9 @@ def define_flags():
   flags.DEFINE_integer('steps', 500, 'Fine-tuning steps of every method.')
   flags.DEFINE_string('unseen', '', 'An existing Unseen run folder (else one is trained in W/unseen).')
   flags.DEFINE_boolean('relearn', True, 'Run the relearning attack on every model.')
-  flags.DEFINE_boolean('progress', True, 'Show progress bars.')
+  flags.DEFINE_boolean('progress', True, 'Show progress bars (with --jobs=1).')
+  flags.DEFINE_integer('jobs', 1, 'Models fine-tuned, evaluated and attacked side by side, each in a process of '
+                       'one thread (1: one after another in this process, with torch\'s default threads).')
   flags.mark_flags_as_required(['workdir', 'pretrained', 'classifier'])
 
 
@@ -96,32 +99,48 @@ def standard_folder(workdir, pretrained):
   return folder
 
 
-def run(config, workdir, pretrained, classifier, methods, steps, unseen='', attack=True, progress=True):
-  """Runs every stage (skipping finished ones); returns the report table of all the runs."""
-  folders = [standard_folder(workdir, pretrained)]
-  evaluate(config, folders[0], 'standard', classifier, attack, progress)
-  unseen_dir = unseen or os.path.join(workdir, 'unseen')
-  if not unseen:
-    run_lib.train(copy.deepcopy(config), unseen_dir, 'unseen', progress=progress)
-  evaluate(config, unseen_dir, 'unseen', classifier, attack, progress)
-  folders.append(unseen_dir)
-  for name in methods:
-    folder = os.path.join(workdir, name)
-    cfg = fine_tune_config(config, pretrained, steps)
-    cfg.eval.classifier = classifier   # Selective Amnesia's replay filter uses it
-    t0 = time.time()
-    run_lib.train(cfg, folder, name, finetune=True, progress=progress)
-    logging.info('%s: trained in %.0f s', name, time.time() - t0)
-    evaluate(config, folder, name, classifier, attack, progress)
-    folders.append(folder)
+def method_stage(config, folder, name, pretrained, steps, classifier, attack, progress):
+  """Fine-tunes ``pretrained`` with method ``name`` into ``folder`` (reused when finished), then evaluates and
+  attacks it; a module-level function, so that ``experiments.pool`` can run it in another process."""
+  cfg = fine_tune_config(config, pretrained, steps)
+  cfg.eval.classifier = classifier   # Selective Amnesia's replay filter uses it
+  t0 = time.time()
+  run_lib.train(cfg, folder, name, finetune=True, progress=progress)
+  logging.info('%s: trained in %.0f s', name, time.time() - t0)
+  evaluate(config, folder, name, classifier, attack, progress)
+  return folder
+
+
+def baseline_stage(config, folder, task, classifier, attack, progress, train):
+  """Trains ``folder`` from scratch first when ``train`` (Unseen), then evaluates and attacks it."""
+  if train:
+    run_lib.train(copy.deepcopy(config), folder, task, progress=progress)
+  evaluate(config, folder, task, classifier, attack, progress)
+  return folder
+
+
+def run(config, workdir, pretrained, classifier, methods, steps, unseen='', attack=True, progress=True, jobs=1):
+  """Runs every stage (skipping finished ones); returns the report table of all the runs. ``jobs`` > 1: the
+  models side by side, each in a process of one thread (``experiments.pool``)."""
+  bars = progress and jobs <= 1
+  calls = [(config, standard_folder(workdir, pretrained), 'standard', classifier, attack, bars, False),
+           (config, unseen or os.path.join(workdir, 'unseen'), 'unseen', classifier, attack, bars, not unseen)]
+  calls = [(baseline_stage,) + c for c in calls]
+  calls += [(method_stage, config, os.path.join(workdir, name), name, pretrained, steps, classifier, attack, bars)
+            for name in methods]
+  folders = pool.map_runs(call, calls, jobs)
   return report.report(folders, workdir, name='family')
+
+
+def call(fn, *args):
+  return fn(*args)
 
 
 def main(argv):
   del argv
   try:
     table = run(FLAGS.config, FLAGS.workdir, FLAGS.pretrained, FLAGS.classifier, method_names(FLAGS.methods),
-                FLAGS.steps, FLAGS.unseen, FLAGS.relearn, FLAGS.progress)
+                FLAGS.steps, FLAGS.unseen, FLAGS.relearn, FLAGS.progress, FLAGS.jobs)
   except (ValueError, OSError, RuntimeError) as e:
     print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
     sys.exit(1)
