@@ -20,8 +20,10 @@ def default_jobs(limit=4):
 
 def _one_thread():
   import torch
-  from absl import logging
+  from absl import flags, logging
   torch.set_num_threads(1)
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()   # the parent parsed the command line; absl would warn before each first log
   logging.use_absl_handler()
   logging.set_verbosity(logging.INFO)
 
