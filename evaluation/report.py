@@ -312,8 +312,10 @@ def _run_note(info: dict) -> str:
     bits.append(f"checkpoint {r.get('checkpoint', '?')} (step {r.get('step', '?')})")
   s = r.get('sampler')
   if isinstance(s, dict) and s:
-    bits.append('sampler ' + ' '.join(f'{k}={s[k]}' for k in ('method', 'predictor', 'corrector', 'steps', 'nfe')
-                                      if s.get(k) is not None))
+    text = ' '.join(f'{k}={s[k]}' for k in ('method', 'predictor', 'corrector', 'steps') if s.get(k) is not None)
+    if s.get('nfe') is not None:   # network evaluations of all the batches together
+      text += f" nfe={s['nfe']} (all batches)"
+    bits.append('sampler ' + text)
   ur = r.get('unlearning_ratio')
   if isinstance(ur, dict) and ur.get('num_samples') is not None:
     bits.append(f"UR on {ur['num_samples']} samples")
