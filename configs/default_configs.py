@@ -219,6 +219,8 @@ def get_base_config():
   sfd.fake_forget_weight = 0.01          # weight of the fake network's denoising loss on forget-class samples
   sfd.generator_forget_weight = 0.01     # weight of the forgetting term (teacher given the remapped class)
   sfd.remap = ''                         # 'f:r,…' class indices; '' = each forget class to the next retained class
+  sfd.pseudo_labels = ''                 # '' = sfd.remap; per sample instead: 'rand' (uniform retained class), 'amax' or
+                                         # 'prob' (eval.classifier's most probable / drawn retained class of the fake x̂)
   sfd.lr = 1e-5                          # Adam of both networks, β = (beta1, 0.999)
   sfd.beta1 = 0.
   sfd.grad_clip = 1.                     # gradients clipped by value

@@ -176,3 +176,54 @@ def test_the_report_adds_unlearning_accuracy_and_nfe_rows():
   assert [c.value for c in rows['nfe'].cells] == [1000, 1]
   text = R.to_markdown(table)
   assert 'Unlearning accuracy (%) on forget-class requests' in text and 'Sampling NFE per sample' in text
+
+
+def test_pseudo_labels_by_hand():
+  retain = torch.tensor([1, 2])                              # class 0 is forgotten
+  probs = torch.tensor([[0.5, 0.3, 0.2], [0.9, 0.02, 0.08]])
+  assert sfd.pseudo_labels('amax', probs, retain).tolist() == [1, 2]   # the forget class never wins
+  g = torch.Generator().manual_seed(0)
+  many = torch.tensor([[0.6, 0.1, 0.3]]).repeat(20000, 1)
+  drawn = sfd.pseudo_labels('prob', many, retain, g)
+  assert set(drawn.unique().tolist()) == {1, 2}
+  assert (drawn == 1).float().mean().item() == pytest.approx(0.25, abs=0.015)   # 0.1 / (0.1 + 0.3)
+  assert sfd.pseudo_labels('prob', torch.tensor([[1., 0., 0.]]).repeat(4000, 1), retain, g).float().mean() \
+      == pytest.approx(1.5, abs=0.05)                          # no retained mass: uniform over {1, 2}
+  rand = sfd.pseudo_labels('rand', torch.zeros(20000, 3), retain, g)
+  assert set(rand.unique().tolist()) == {1, 2} and (rand == 2).float().mean().item() == pytest.approx(0.5, abs=0.015)
+  with pytest.raises(ValueError, match="sfd.pseudo_labels must be one of"):
+    sfd.pseudo_labels('max', probs, retain)
+
+
+def test_classifier_pseudo_labels_send_the_centre_to_the_outer_components(tmp_path, teacher):
+  """SFD's ``amax`` option with the exact classifier: each forget sample's teacher class is the retained
+  component that the fake network's estimate lies nearest; the generator's centre answers leave the centre
+  for the outer components (here all for one of them: the labels follow the fake network, which follows the
+  generator), and the retained components stay."""
+  cfg = sfd_config(teacher, 500)
+  cfg.sfd.pseudo_labels = 'amax'
+  w = str(tmp_path / 'amax')
+  run_lib.train(cfg, w, 'sfd', finetune=True, progress=False)
+  cfg = sfd_config(teacher, 1)
+  cfg.eval.enable_bpd, cfg.eval.num_samples, cfg.eval.batch_size = False, 600, 600
+  per = eval_run.evaluate(cfg, w, 'sfd', progress=False)['unlearning_ratio_per_label']['per_label']
+  centre = per['centre']
+  assert centre['unlearning_accuracy'] >= 80.                        # asked for the centre, rarely the centre
+  assert centre['histogram']['left'] + centre['histogram']['right'] >= 0.8 * centre['num_samples']
+  assert per['left']['percent'] >= 80. and per['right']['percent'] >= 80.
+
+
+def test_classifier_pseudo_labels_need_a_classifier_on_images(tmp_path):
+  from test_unlearning_methods import digits_config
+  config = digits_config(tmp_path / 'data')
+  config.model.class_conditional, config.model.num_classes = True, 10
+  run_lib.train(config, str(tmp_path / 'pre'), 'standard', progress=False)
+  config.training.pretrained = str(tmp_path / 'pre' / 'checkpoints' / 'checkpoint_1.pth')
+  config.sfd.pseudo_labels, config.eval.classifier = 'prob', ''
+  with pytest.raises(ValueError, match=r"sfd.pseudo_labels='prob' labels the fake network's estimates with a "
+                                       r'classifier: set --config.eval.classifier'):
+    run_lib.train(config, str(tmp_path / 'sfd'), 'sfd', finetune=True, progress=False)
+  config.sfd.pseudo_labels = 'argmax'
+  with pytest.raises(ValueError, match="sfd.pseudo_labels must be one of"):
+    run_lib.train(config, str(tmp_path / 'sfd2'), 'sfd', finetune=True, progress=False)
+  assert not os.path.exists(tmp_path / 'sfd') and not os.path.exists(tmp_path / 'sfd2')

@@ -21,6 +21,10 @@ With D_θ = x̂_0 of a network by Tweedie's formula (``sampling.denoise``), ever
      (``sfd.generator_forget_weight``, 0.01) times the forgetting term: samples asked for a forget class f,
      the teacher given the remapped retained class r(f) (``sfd.remap``; default the next retained class) and
      the fake net given f — so the generator's answer to f is pulled onto the teacher's r(f).
+     ``sfd.pseudo_labels`` replaces the fixed r(f) per sample, as SFD's code does when it has no
+     ``label_to_override``: ``rand`` a uniformly drawn retained class, ``amax`` / ``prob`` the class that the
+     evaluation classifier (``eval.classifier``; the exact one on the toy) gives the fake network's x̂_ψ of
+     that sample, forget classes excluded (its most probable class, or one drawn from its probabilities).
 
 Times t ~ U[t_min, t_max) (``sfd.t_min``/``t_max``, 0.038 and 0.712 of T: SFD's 38 and 712 of 1000 steps),
 t_init = 0.44 (440 of 1000). Both networks: Adam with lr 1e-5, β = (0, 0.999) (``sfd.lr``, ``sfd.beta1``; the
@@ -68,6 +72,33 @@ def parse_remap(spec, forget, retain, num_classes):
   return out
 
 
+PSEUDO_LABELS = ('', 'rand', 'amax', 'prob')
+
+
+def pseudo_labels(kind, probs, retain, generator=None):
+  """The teacher's override classes ``[B]`` for ``sfd.pseudo_labels`` = ``kind``.
+
+  ``probs`` ``[B, K]``: the classifier's class probabilities of the fake network's x̂ (for ``amax``/``prob``;
+  ignored for ``rand``); ``retain`` int ``[R]``: the retained classes, the only ones ever returned.
+  ``rand``: uniform over ``retain``; ``amax``: the most probable retained class; ``prob``: a retained class
+  drawn with probability proportional to ``probs`` (uniform where a row gives them no mass)."""
+  b = probs.shape[0]
+  if kind == 'rand':
+    pick = torch.randint(0, len(retain), (b,), generator=generator, device=probs.device)
+    return retain.to(probs.device)[pick]
+  p = probs[:, retain.to(probs.device)].float().clamp_min(0.)
+  if kind == 'amax':
+    return retain.to(probs.device)[p.argmax(dim=1)]
+  if kind == 'prob':
+    empty = p.sum(dim=1, keepdim=True) <= 0
+    p = torch.where(empty, torch.ones_like(p), p)
+    u = torch.rand((b, 1), generator=generator, device=probs.device)
+    cdf = (p / p.sum(dim=1, keepdim=True)).cumsum(dim=1)
+    pick = (cdf < u).sum(dim=1).clamp_max(len(retain) - 1)
+    return retain.to(probs.device)[pick]
+  raise ValueError(f"sfd.pseudo_labels must be one of '', 'rand', 'amax', 'prob', got {kind!r}")
+
+
 def sid_loss(x_p, x_q, x_g, alpha):
   """Score identity distillation per sample ``[B]``: Σ_dims (x̂_p − x̂_q)((x̂_p − x_g) − α(x̂_p − x̂_q)) / ω with
   ω = mean_dims |x̂_p − x_g| (no gradient, at least 1e-5). ``x_*`` [B, ...]: the teacher's and fake net's
@@ -84,7 +115,7 @@ class SFDObjective(Objective):
   and returns the generator's retain and forgetting terms ``[B]``; the step back-propagates
   L_g + w_g L_f into the generator (the run's model)."""
 
-  def __init__(self, ctx, teacher, fake, fake_optimizer, remap, c):
+  def __init__(self, ctx, teacher, fake, fake_optimizer, remap, c, classifier=None):
     super().__init__(retain_fn=self._unused, weights=(1., float(c.generator_forget_weight)),
                      retain_batches=self._labels)
     self.sde, self.config = ctx.sde, ctx.config
@@ -101,6 +132,8 @@ class SFDObjective(Objective):
     self.continuous = bool(ctx.config.training.continuous)
     self.teacher_path = ctx.config.training.pretrained
     self.shape = tuple(ctx.data.shape)
+    self.pseudo, self.classifier = str(c.pseudo_labels), classifier
+    self.inverse_scaler = datasets.get_data_inverse_scaler(ctx.config)
 
   @staticmethod
   def _unused(model, batch, generator):
@@ -162,12 +195,24 @@ class SFDObjective(Objective):
     return loss.detach()
 
   def generator_loss(self, model, y_gen, y_teacher, y_fake, generator=None):
-    """``sid_loss`` per sample ``[B]`` of fresh generator samples asked for ``y_gen``."""
+    """``sid_loss`` per sample ``[B]`` of fresh generator samples asked for ``y_gen``; ``y_teacher`` None: the
+    teacher's classes are the pseudo-labels of ``sfd.pseudo_labels`` (the forgetting term)."""
     x_g = self.generate(model, y_gen, generator)
     x_t, t, _, _ = self._noised(x_g, generator)
-    x_p = self._denoised(self.teacher, x_t, t, y_teacher, False)
     x_q = self._denoised(self.fake, x_t, t, y_fake, False)
+    if y_teacher is None:
+      y_teacher = self.override_labels(x_q, generator)
+    x_p = self._denoised(self.teacher, x_t, t, y_teacher, False)
     return sid_loss(x_p, x_q, x_g, self.alpha)
+
+  def override_labels(self, x_q, generator=None):
+    """The teacher's classes ``[B]`` for the fake network's estimates ``x_q`` (``sfd.pseudo_labels``)."""
+    if self.pseudo == 'rand':
+      probs = x_q.new_zeros((x_q.shape[0], len(self.remap)))
+    else:
+      with torch.no_grad():
+        probs = self.classifier.predict_proba(self.inverse_scaler(x_q.detach()))
+    return pseudo_labels(self.pseudo, probs, self.retain, generator)
 
   def terms(self, model, step, batch_g, batch_f, generator=None, train=True):
     y = self._labels(step) if batch_g is None else batch_g
@@ -175,8 +220,8 @@ class SFDObjective(Objective):
     if train:
       self.last_fake_loss = self.fake_step(model, y, y_f, generator)
     lg = self.generator_loss(model, y, y, y, generator)
-    lf = self.generator_loss(model, y_f, self.remap.to(y_f.device)[y_f], y_f, generator) \
-      if self.weights[1] > 0 else None
+    y_teacher = self.remap.to(y_f.device)[y_f] if not self.pseudo else None
+    lf = self.generator_loss(model, y_f, y_teacher, y_f, generator) if self.weights[1] > 0 else None
     return lg, lf
 
   def total(self, model, lg, lf, train=True):
@@ -216,6 +261,9 @@ def check_settings(c):
       raise ValueError(f'sfd.{key} must be >= 0, got {c[key]}')
   if not 0. <= float(c.beta1) < 1.:
     raise ValueError(f'sfd.beta1 must be in [0, 1), got {c.beta1}')
+  if str(c.pseudo_labels) not in PSEUDO_LABELS:
+    raise ValueError(f"sfd.pseudo_labels must be one of '' (the fixed sfd.remap), 'rand', 'amax', 'prob', "
+                     f'got {c.pseudo_labels!r}')
 
 
 def configure(config):
@@ -236,8 +284,8 @@ def build(ctx):
     return _NoEvalLoss()
   if conditioning.model_num_classes(ctx.model) == 0:
     raise ValueError('--task sfd distils a class-conditional network: fine-tune from a checkpoint trained with '
-                     'config.model.class_conditional=True (pseudo-labels for unconditional models are not '
-                     'implemented)')
+                     'config.model.class_conditional=True (its teacher is asked for classes; an unconditional '
+                     'network has no class input)')
   if runtime.needs_engine(config):
     raise ValueError('--task sfd runs in one process in fp32 eager mode (two networks, two optimisers): set '
                      "training.precision='fp32', channels_last=False, compile='' and start it without torchrun")
@@ -249,6 +297,16 @@ def build(ctx):
     raise NeedError('--task sfd needs its teacher: set --config.training.pretrained=PATH')
   data = ctx.data
   remap = parse_remap(c.remap, data.forget_indices, data.retain_indices, data.num_classes)
+  classifier = None
+  if str(c.pseudo_labels) in ('amax', 'prob'):
+    from evaluation import classifier as classifiers   # the evaluation package imports unlearning: load late
+    if data.density is None and not config.eval.classifier:
+      raise NeedError(f"sfd.pseudo_labels='{c.pseudo_labels}' labels the fake network's estimates with a "
+                      'classifier: set --config.eval.classifier=PATH (--mode train_classifier makes one)')
+    classifier = classifiers.get_classifier(config, ctx.device)
+    if tuple(classifier.label_names) != tuple(data.class_names):
+      raise ValueError(f'sfd.pseudo_labels: the classifier labels {list(classifier.label_names)}, the data '
+                       f'{list(data.class_names)}')
   teacher = train_state.load_frozen_model(config, path, ctx.device, weights='ema')
   fake = copy.deepcopy(teacher)
   fake_optimizer = torch.optim.Adam(fake.parameters(), lr=float(c.lr), betas=(float(c.beta1), 0.999), eps=1e-8)
@@ -268,10 +326,10 @@ def build(ctx):
   for p in fake.parameters():
     p.requires_grad_(False)
   fake.eval()
+  target = list(remap.values()) if not c.pseudo_labels else f'pseudo-labels ({c.pseudo_labels})'
   logging.info('sfd: teacher %s; forget %s remapped to %s; t_init %.3f, t in [%.3f, %.3f), alpha %.2f',
-               path, list(remap), list(remap.values()), float(c.t_init), float(c.t_min), float(c.t_max),
-               float(c.alpha))
-  return SFDObjective(ctx, teacher, fake, fake_optimizer, remap, c)
+               path, list(remap), target, float(c.t_init), float(c.t_min), float(c.t_max), float(c.alpha))
+  return SFDObjective(ctx, teacher, fake, fake_optimizer, remap, c, classifier)
 
 
 METHOD = register(Method(
@@ -285,6 +343,6 @@ METHOD = register(Method(
   needs=('a class-conditional pretrained checkpoint (--finetune, training.pretrained): the frozen teacher and the '
          'starting weights of the generator and the fake score network',),
   keys=('sfd.t_init', 'sfd.t_min', 'sfd.t_max', 'sfd.alpha', 'sfd.fake_forget_weight', 'sfd.generator_forget_weight',
-        'sfd.remap', 'sfd.lr', 'sfd.beta1', 'sfd.grad_clip'),
+        'sfd.remap', 'sfd.pseudo_labels', 'sfd.lr', 'sfd.beta1', 'sfd.grad_clip'),
   paper='Chen, Zhang and Zhou, Score Forgetting Distillation, ICLR 2025 (code tqch/score-forgetting-distillation); '
         'SiD: Zhou et al., ICML 2024'))
