@@ -1,7 +1,7 @@
 """Reproduce the paper's unlearning tables on real data on this CPU: every method, several seeds, cached stages.
 
-    python3 benchmarks/reproduce.py --workdir runs/repro --part mnist [--dry-run] [--only 'eval/*:3:s42']
-        [--results docs/results] [--set training.n_iters=2000 ...] [--noprogress]
+    python3 benchmarks/reproduce.py --workdir runs/repro --part mnist [--dry-run] [--only 'eval/*/3/s42']
+        [--results docs/results] [--set training.n_iters=2000 ...] [--jobs 2] [--noprogress]
 
 Parts (``--part``, comma-separated): ``mnist`` (the real MNIST-5k subset; forget digit 3, and separately 3
 and 7), ``fashion`` (full Fashion-MNIST from Debian's package; forget Trouser, and Trouser and Bag), ``tiny``
@@ -319,10 +319,14 @@ def main(argv=None):
   parser.add_argument('--results', default='', help='copy every finished evaluation JSON to RESULTS/<part>/')
   parser.add_argument('--samples', type=int, default=1000, help='samples per Unlearning Ratio (not on tiny)')
   parser.add_argument('--set', action='append', default=[], help='config override KEY=VALUE for every stage')
+  parser.add_argument('--jobs', type=int, default=1,
+                      help='stages at once, each in its own process with one CPU thread (2 on a 2-core machine)')
   parser.add_argument('--noprogress', action='store_true')
   args = parser.parse_args(argv)
   try:
     overrides = parse_sets(args.set)
+    if args.jobs < 1:
+      raise ValueError(f'--jobs must be at least 1, got {args.jobs}')
     parts = [p.strip() for p in args.part.split(',') if p.strip()]
     for p in parts:
       if p not in PARTS:
@@ -331,12 +335,13 @@ def main(argv=None):
       plan = stages.select(build_plan(p, overrides, args.samples), args.only)
       root = os.path.join(args.workdir, p)
       if args.dry_run:
-        print(stages.describe(root, plan))
+        print(stages.describe(root, plan, args.jobs))
         continue
       start = time.time()
       ran = stages.run_plan(root, plan, progress=not args.noprogress,
                             log=lambda m: print(m, file=sys.stderr, flush=True),
-                            on_done=lambda s, p=p, root=root: copy_result(root, s, args.results, p))
+                            on_done=lambda s, p=p, root=root: copy_result(root, s, args.results, p),
+                            jobs=args.jobs)
       copied = copy_results(root, plan, args.results, p)
       print(f'{p}: {len(ran)} stages ran in {(time.time() - start) / 60:.1f} min; {copied} result files in '
             f'{args.results or "(not copied)"}')

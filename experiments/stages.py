@@ -6,8 +6,9 @@ depends on. Its **hash** is the SHA-256 of its kind, key and its dependencies' h
 key changes the hash of its stage and of every stage downstream, and nothing else. A stage runs in its
 own folder ``<root>/<name>-<hash[:10]>`` and is done when ``stage.json`` there says so; a stage that was
 interrupted has no such record and runs again in the same folder (a training run resumes from its
-checkpoint there). ``run_plan`` runs a plan in order with a progress bar and an ETA that learns from the
-measured durations (``estimate`` seconds per stage, scaled by how far the finished ones were off).
+checkpoint there). ``run_plan`` runs a plan in order, or several independent stages at once (``jobs``), with a
+progress bar and an ETA that learns from the measured durations (``estimate`` seconds per stage, scaled by how
+far the finished ones were off).
 """
 import dataclasses
 import fnmatch
@@ -93,8 +94,9 @@ def select(plan: Sequence[Stage], only: Optional[str]) -> List[Stage]:
   return [s for s in plan if s.name in wanted]
 
 
-def describe(root, plan: Sequence[Stage]) -> str:
-  """The plan as text: one line per stage (done or to run, its estimate), and the estimated total to run."""
+def describe(root, plan: Sequence[Stage], jobs=1) -> str:
+  """The plan as text: one line per stage (done or to run, its estimate), and the estimated total to run (one
+  stage at a time, and divided among ``jobs`` when more run at once, ignoring waits on dependencies)."""
   lines, total = [], 0.
   for s in plan:
     done = record_of(root, s) is not None
@@ -102,43 +104,114 @@ def describe(root, plan: Sequence[Stage]) -> str:
       total += s.estimate
     lines.append(f'{"done" if done else "run ":4} {s.name:48} {s.kind:10} ~{s.estimate / 60:6.1f} min  {s.hash[:10]}')
   lines.append(f'{sum(record_of(root, s) is None for s in plan)} of {len(plan)} stages to run, estimated '
-               f'{total / 3600:.2f} h on this machine')
+               f'{total / 3600:.2f} h on this machine' +
+               (f' one at a time, about {total / 3600 / jobs:.2f} h with {jobs} at once' if jobs > 1 else ''))
   return '\n'.join(lines)
 
 
-def run_plan(root, plan: Sequence[Stage], progress=True, log=print, on_done=None) -> List[str]:
-  """Runs every stage of ``plan`` that is not done (in order), each in its folder, writing its record at its
-  end and then calling ``on_done(stage)``; returns the names of the stages that ran. The ETA scales the
-  remaining estimates by the ratio of measured to estimated time so far."""
+def _run_stage(stage: Stage, folder, inputs):
+  """Runs one stage (here or in a worker process); returns its outputs and its wall time in seconds."""
+  os.makedirs(folder, exist_ok=True)
+  start = time.time()
+  result = stage.run(stage, folder, inputs)
+  return result, time.time() - start
+
+
+def run_plan(root, plan: Sequence[Stage], progress=True, log=print, on_done=None, jobs=1) -> List[str]:
+  """Runs every stage of ``plan`` that is not done, each in its folder, writing its record at its end and then
+  calling ``on_done(stage)``; returns the names of the stages that ran, in the order they finished.
+
+  ``jobs <= 1`` runs them here in plan order. ``jobs > 1`` runs up to ``jobs`` stages at once, each in its own
+  spawned process with one CPU thread (``experiments.pool``), a stage starting as soon as every stage it
+  depends on is done (earliest in the plan first); ``stage.run`` must then be a module-level function. A stage
+  that raises stops the plan: the running ones finish and are recorded, none starts, and the error is raised
+  here. The ETA scales the remaining estimates by the ratio of measured to estimated time so far, divided by
+  the stages running at once."""
   os.makedirs(root, exist_ok=True)
-  outputs, ran = {}, []
-  todo = [s for s in plan if record_of(root, s) is None]
-  spent = estimated = 0.
+  outputs: Dict[str, dict] = {}
+  for stage in plan:
+    record = record_of(root, stage)
+    if record is not None:
+      outputs[stage.name] = record['outputs']
+  todo = [s for s in plan if s.name not in outputs]
+  ran: List[str] = []
+  timing = {'spent': 0., 'estimated': 0.}
+  width = max(1, int(jobs))
   bar = tqdm(total=len(plan), initial=len(plan) - len(todo), disable=not progress, desc='plan', dynamic_ncols=True)
+
+  def eta():
+    remaining = sum(s.estimate for s in todo if s.name not in outputs)
+    scale = timing['spent'] / timing['estimated'] if timing['estimated'] else 1.
+    return remaining * scale / min(width, max(1, len(todo) - len(ran)))
+
+  def starting(stage):
+    left = eta()
+    bar.set_postfix(stage=stage.name, eta=f'{left / 3600:.2f} h')
+    log(f'stage {stage.name} ({stage.kind}, {stage.hash[:10]}): running; about {left / 3600:.2f} h left')
+
+  def finished(stage, result, seconds):
+    record = {'name': stage.name, 'kind': stage.kind, 'hash': stage.hash, 'key': stage.key,
+              'depends': list(stage.depends), 'status': 'done', 'seconds': seconds, 'outputs': result}
+    utils.atomic_write_text(os.path.join(folder_of(root, stage), RECORD), json.dumps(record, indent=2, default=float))
+    outputs[stage.name] = result
+    ran.append(stage.name)
+    if on_done is not None:
+      on_done(stage)
+    timing['spent'] += seconds
+    timing['estimated'] += stage.estimate
+    bar.update(1)
+
   try:
-    for stage in plan:
-      record = record_of(root, stage)
-      if record is not None:
-        outputs[stage.name] = record['outputs']
-        continue
-      remaining = sum(s.estimate for s in todo[len(ran):])
-      eta = remaining * (spent / estimated if estimated else 1.)
-      bar.set_postfix(stage=stage.name, eta=f'{eta / 3600:.2f} h')
-      log(f'stage {stage.name} ({stage.kind}, {stage.hash[:10]}): running; about {eta / 3600:.2f} h left')
-      folder = folder_of(root, stage)
-      os.makedirs(folder, exist_ok=True)
-      start = time.time()
-      result = stage.run(stage, folder, {d: outputs[d] for d in stage.depends})
-      seconds = time.time() - start
-      record = {'name': stage.name, 'kind': stage.kind, 'hash': stage.hash, 'key': stage.key,
-                'depends': list(stage.depends), 'status': 'done', 'seconds': seconds, 'outputs': result}
-      utils.atomic_write_text(os.path.join(folder, RECORD), json.dumps(record, indent=2, default=float))
-      outputs[stage.name] = result
-      ran.append(stage.name)
-      if on_done is not None:
-        on_done(stage)
-      spent, estimated = spent + seconds, estimated + stage.estimate
-      bar.update(1)
+    if width <= 1 or len(todo) <= 1:
+      for stage in todo:
+        starting(stage)
+        result, seconds = _run_stage(stage, folder_of(root, stage), {d: outputs[d] for d in stage.depends})
+        finished(stage, result, seconds)
+    else:
+      _run_parallel(root, todo, outputs, width, starting, finished)
   finally:
     bar.close()
   return ran
+
+
+def _run_parallel(root, todo, outputs, jobs, starting, finished):
+  """``run_plan``'s scheduler for ``jobs > 1``: stages whose dependencies are done, in plan order."""
+  import concurrent.futures
+  import multiprocessing
+
+  from experiments import pool
+
+  waiting = list(todo)
+  running = {}
+  error = None
+  context = multiprocessing.get_context('spawn')
+  with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context,
+                                              initializer=pool._one_thread) as executor:
+    while waiting or running:
+      if error is None:
+        for stage in list(waiting):
+          if len(running) >= jobs:
+            break
+          if all(d in outputs for d in stage.depends):
+            waiting.remove(stage)
+            starting(stage)
+            future = executor.submit(_run_stage, stage, folder_of(root, stage),
+                                     {d: outputs[d] for d in stage.depends})
+            running[future] = stage
+      if not running:
+        if error is None and waiting:
+          raise ValueError(f'stages {[s.name for s in waiting]} wait for stages that are not in the plan')
+        break
+      done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+      for future in done:
+        stage = running.pop(future)
+        try:
+          result, seconds = future.result()
+        except BaseException as e:   # noqa: B902 - re-raised once the running stages end
+          error = error or e
+          continue
+        finished(stage, result, seconds)
+      if error is not None:
+        waiting.clear()
+  if error is not None:
+    raise error

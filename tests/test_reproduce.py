@@ -92,3 +92,57 @@ def test_dry_run_prints_the_plan_and_bad_input_is_one_line(tmp_path, capsys):
   assert reproduce.main(['--workdir', str(tmp_path), '--part', 'tiny', '--set', 'training.nonsense=1',
                          '--dry-run']) == 1
   assert "unknown config key 'training.nonsense'" in capsys.readouterr().err
+
+
+def _meet(stage, folder, inputs):
+  """A stage that marks its start and waits for its partner's start: it can only finish when both run at once."""
+  Path(folder, 'started').write_text('1')
+  partner = Path(stage.key['partner'])
+  deadline = time.time() + 60
+  while not partner.exists():
+    if time.time() > deadline:
+      raise TimeoutError(f'{stage.name}: its partner never started')
+    time.sleep(0.05)
+  return {'got': sorted(inputs), 'name': stage.name}
+
+
+def _sum(stage, folder, inputs):
+  return {'got': sorted(inputs), 'n': len(inputs)}
+
+
+def _fail(stage, folder, inputs):
+  raise RuntimeError('stage broke')
+
+
+def _slow(stage, folder, inputs):
+  time.sleep(1.)
+  return {'slow': True}
+
+
+def test_independent_stages_run_at_once_and_dependents_wait(tmp_path):
+  root = str(tmp_path)
+  head = stages.Stage('a', 'x', {'v': 1}, _sum)
+  b = stages.Stage('b', 'x', {'partner': ''}, _meet, ('a',))
+  c = stages.Stage('c', 'x', {'partner': ''}, _meet, ('a',))
+  d = stages.Stage('d', 'x', {'v': 4}, _sum, ('b', 'c'))
+  plan = stages.resolve_hashes([head, b, c, d])
+  # a stage's folder is named by its hash, and the hash covers the key: fix the two hashes, then point each at
+  # the other's folder
+  b.hash, c.hash = 'b' * 64, 'c' * 64
+  b.key['partner'], c.key['partner'] = (os.path.join(stages.folder_of(root, s), 'started') for s in (c, b))
+  ran = stages.run_plan(root, plan, progress=False, log=lambda m: None, jobs=2)
+  assert ran[0] == 'a' and sorted(ran[1:3]) == ['b', 'c'] and ran[3] == 'd'
+  assert stages.record_of(root, d)['outputs'] == {'got': ['b', 'c'], 'n': 2}
+  assert stages.record_of(root, b)['outputs']['got'] == ['a']
+  assert stages.run_plan(root, plan, progress=False, log=lambda m: None, jobs=2) == []
+
+
+def test_a_failing_stage_stops_the_plan_after_the_running_ones_are_recorded(tmp_path):
+  root = str(tmp_path)
+  plan = stages.resolve_hashes([stages.Stage('slow', 'x', {}, _slow), stages.Stage('bad', 'x', {}, _fail),
+                                stages.Stage('after', 'x', {}, _sum, ('bad',)),
+                                stages.Stage('other', 'x', {'v': 2}, _sum)])
+  with pytest.raises(RuntimeError, match='stage broke'):
+    stages.run_plan(root, plan, progress=False, log=lambda m: None, jobs=2)
+  assert stages.record_of(root, plan[0])['outputs'] == {'slow': True}   # running when 'bad' failed: kept
+  assert [stages.record_of(root, s) for s in plan[1:]] == [None, None, None]
