@@ -280,20 +280,35 @@ def copy_results(root, plan, results_dir, part_name):
 
 
 def copy_result(root, stage, results_dir, part_name):
-  """``copy_results`` of one stage; returns 1 when a file was written."""
-  if not results_dir or stage.kind not in ('eval', 'relearn', 'classifier'):
+  """``copy_results`` of one stage; returns 1 when its JSON was written.
+
+  Writes ``<stage name with / as __>.json``: an evaluation's results.json, an attack's relearn.json, a
+  classifier's or a training's outputs (with its train_stats), each with a ``stage`` entry (name, hash, wall
+  seconds). An evaluation also leaves its per-item NLLs (``.nll.npz``, for paired comparisons) and its sample
+  grid (``.png``) beside it: small files, no checkpoints."""
+  if not results_dir or stage.kind not in ('eval', 'relearn', 'classifier', 'train'):
     return 0
   record = stages.record_of(root, stage)
   if record is None:
     return 0
-  out = os.path.join(results_dir, part_name, stage.name.replace('/', '__') + '.json')
+  stem = os.path.join(results_dir, part_name, stage.name.replace('/', '__'))
   body = record['outputs']
-  if stage.kind != 'classifier':
+  os.makedirs(os.path.dirname(stem), exist_ok=True)
+  if stage.kind in ('eval', 'relearn'):
     with open(record['outputs']['results']) as f:
       body = json.load(f)
+  if stage.kind == 'eval':
+    from evaluation import nll_items
+    folder = os.path.dirname(record['outputs']['results'])
+    extras = {nll_items.items_filename(body['step']): '.nll.npz', f'samples_{body["step"]}.png': '.png'}
+    for name, suffix in extras.items():
+      if os.path.isfile(os.path.join(folder, name)):
+        shutil.copyfile(os.path.join(folder, name), stem + suffix + '.tmp')
+        os.replace(stem + suffix + '.tmp', stem + suffix)
+  if stage.kind == 'train':
+    body = {k: v for k, v in body.items() if k != 'workdir'}
   body = dict(body, stage={'name': stage.name, 'hash': stage.hash, 'seconds': record['seconds']})
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  utils.atomic_write_text(out, json.dumps(body, indent=2, default=float))
+  utils.atomic_write_text(stem + '.json', json.dumps(body, indent=2, default=float))
   return 1
 
 

@@ -53,7 +53,10 @@ def test_tiny_grid_runs_once_then_recomputes_only_what_changed(tmp_path):
     ['train/unseen/tiny/centre/s42', 'eval/unseen/tiny/centre/s42']
   assert 'stages to run' in stages.describe(root, changed)
   out = reproduce.copy_results(root, changed, str(tmp_path / 'results'), 'tiny')
-  assert out == 3 and (tmp_path / 'results' / 'tiny' / 'eval__unseen__tiny__centre__s42.json').exists()
+  assert out == 5 and (tmp_path / 'results' / 'tiny' / 'eval__unseen__tiny__centre__s42.json').exists()
+  assert (tmp_path / 'results' / 'tiny' / 'eval__unseen__tiny__centre__s42.nll.npz').exists()   # paired tests
+  trained = json.loads((tmp_path / 'results' / 'tiny' / 'train__unseen__tiny__centre__s42.json').read_text())
+  assert trained['step'] == 40 and trained['stage']['seconds'] > 0
 
 
 def test_a_killed_training_stage_resumes(tmp_path):

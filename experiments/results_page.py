@@ -1,0 +1,403 @@
+"""docs/RESULTS.md from the reproduction benchmark's copied results (``benchmarks/reproduce.py --results``).
+
+    python3 -m experiments.results_page [--results docs/results] [--out docs/RESULTS.md] [--workdir runs/repro]
+
+Reads ``<results>/<part>/*.json`` (one per finished stage: ``eval__<model>__<part>__<forget>__s<seed>.json``
+with its ``.nll.npz`` and ``.png``, ``relearn__…``, ``train__…``, ``classifier__<part>``) and writes the page:
+tables laid out like the paper's Tables 1 (from scratch) and 2 (fine-tuning Standard) with the paper's numbers
+beside ours, mean ± SE over seeds, paired comparisons against Unseen (``evaluation.compare``), the issue's
+targets as met / missed / not measured yet, the relearning curves, sample grids and wall times. The text
+between ``<!-- reading -->`` and ``<!-- /reading -->`` of an existing page is kept: that is where the reading
+is written by hand. ``--workdir`` (optional) adds how many stages of each part's plan are still to run.
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import sys
+from typing import Dict, List, Optional
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+if __package__ in (None, ''):
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import utils  # noqa: E402
+from evaluation import compare as compare_lib  # noqa: E402
+from evaluation import nll_items  # noqa: E402
+
+READING_BEGIN, READING_END = '<!-- reading -->', '<!-- /reading -->'
+
+#: the paper's MNIST numbers (VE SDE, Table 1; docs/../MSGM.md): UR % per forget set; NLL bits/dim as reported.
+PAPER_UR = {('mnist', '3'): {'standard': 11.0, 'orthogonal': 0.4, 'obtuse': 1.5, 'unseen': 1.8, 'erasediff': 1.4},
+            ('mnist', '3+7'): {'standard': 26.8, 'orthogonal': 1.2, 'obtuse': 5.1, 'unseen': 4.1, 'erasediff': 2.5}}
+PAPER_NLL = {'retain': {'standard': 2.82, 'orthogonal': 3.92, 'obtuse': 3.70, 'unseen': 3.07, 'erasediff': 3.30},
+             'forget': {'standard': 2.78, 'orthogonal': 13.23, 'obtuse': 12.08, 'unseen': 3.01, 'erasediff': 3.74}}
+
+#: models trained from scratch (Table 1's protocol), in the order of the tables; the rest fine-tune Standard.
+SCRATCH = ('standard', 'unseen', 'orthogonal', 'obtuse', 'mnist-best', 'toy-ratio', 'orthogonal-official',
+           'obtuse-official', 've-standard', 've-unseen', 've-orthogonal', 've-obtuse')
+#: the models that are MSGM settings (candidates for "the best MSGM setting").
+MSGM = ('orthogonal', 'obtuse', 'mnist-best', 'toy-ratio', 'orthogonal-official', 'obtuse-official',
+        've-orthogonal', 've-obtuse', 'orthogonal-ft', 'obtuse-ft')
+#: the issue's Unlearning Ratio targets (percent) per part and forget set.
+UR_TARGET = {('mnist', '3'): 0.4, ('mnist', '3+7'): 1.2, ('fashion', 'Trouser'): 1.0}
+
+
+def paper_key(model):
+  """The paper's column a model stands beside (``ve-orthogonal`` → ``orthogonal``, ``erasediff`` →
+  ``erasediff``), or None."""
+  name = model[3:] if model.startswith('ve-') else model
+  return name if name in PAPER_NLL['retain'] else None
+
+
+def load(results_dir) -> Dict[str, dict]:
+  """``{part: {'eval': {(model, forget, seed): results}, 'relearn': {...}, 'train': {(model, forget, seed)}, 'classifier':
+  outputs}}`` from the copied files. An evaluation's per-item NLLs ride along as ``results['_items']``."""
+  parts: Dict[str, dict] = {}
+  for path in sorted(glob.glob(os.path.join(results_dir, '*', '*.json'))):
+    part = os.path.basename(os.path.dirname(path))
+    with open(path) as f:
+      body = json.load(f)
+    name = body.get('stage', {}).get('name', '')
+    bits = name.split('/')
+    entry = parts.setdefault(part, {'eval': {}, 'relearn': {}, 'train': {}, 'classifier': None})
+    if bits[0] == 'classifier':
+      entry['classifier'] = body
+      continue
+    if bits[0] not in ('eval', 'relearn', 'train') or len(bits) < 4:
+      continue
+    model, seed = bits[1], int(bits[-1].lstrip('s'))
+    forget = bits[3] if len(bits) == 5 else '*'
+    if bits[0] == 'eval':
+      npz = path[:-len('.json')] + '.nll.npz'
+      body['_items'] = nll_items.load_items(npz) if os.path.isfile(npz) else None
+      body['_png'] = os.path.relpath(path[:-len('.json')] + '.png', results_dir)
+      if not os.path.isfile(path[:-len('.json')] + '.png'):
+        body['_png'] = None
+    entry[bits[0]][(model, forget, seed)] = body
+  return parts
+
+
+def metric(results, name) -> Optional[float]:
+  """One number of an evaluation: ``ur`` (%), ``nll_retain`` / ``nll_forget`` (bits/dim), ``fid``, ``mia``."""
+  if name == 'ur':
+    u = results.get('unlearning_ratio')
+    return None if not u else float(u['percent'])
+  if name.startswith('nll_'):
+    nll = results.get('nll_bpd')
+    return None if not nll or not nll.get(name[4:]) else float(nll[name[4:]]['mean'])
+  if name == 'fid':
+    f = results.get('fid')
+    return None if not f else float(f['value'])
+  if name == 'mia':
+    m = results.get('membership')
+    return None if not m else float(m['auc'])
+  raise KeyError(name)
+
+
+def mean_se(values):
+  """``(mean, SE, n)`` of the values that are not None (SE is None for fewer than two)."""
+  v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+  if v.size == 0:
+    return None, None, 0
+  se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else None
+  return float(v.mean()), se, int(v.size)
+
+
+def fmt(ms, digits=2):
+  mean, se, n = ms
+  if mean is None:
+    return '—'
+  return f'{mean:.{digits}f}' + (f' ± {se:.{digits}f}' if se is not None else '')
+
+
+def models_of(entry, forget):
+  seen = []
+  for (model, f, _seed) in entry['eval']:
+    if f == forget and model not in seen:
+      seen.append(model)
+  order = {m: i for i, m in enumerate(SCRATCH + MSGM)}
+  return sorted(seen, key=lambda m: (order.get(m, len(order)), m))
+
+
+def seeds_of(entry, model, forget):
+  return sorted(s for (m, f, s) in entry['eval'] if m == model and f == forget)
+
+
+def summary(entry, model, forget, name):
+  return mean_se([metric(entry['eval'][(model, forget, s)], name) for s in seeds_of(entry, model, forget)])
+
+
+def train_seconds(entry, model, forget):
+  """Mean wall seconds of the model's trainings (``train_stats.json``'s, summed over resumed segments, else
+  the stage's); Standard's are shared by the forget sets, and the family's methods train as ``<name>-ft``."""
+  name = model if model in SCRATCH or model.endswith('-ft') else f'{model}-ft'
+  out = []
+  for (m, f, _s), body in entry['train'].items():
+    if m == name and f in (forget, '*'):
+      stats = body.get('train_stats') or {}
+      out.append(stats.get('wall_seconds') or body['stage']['seconds'])
+  return float(np.mean(out)) if out else None
+
+
+def forget_sets(entry):
+  out = []
+  for (_m, f, _s) in entry['eval']:
+    if f not in out:
+      out.append(f)
+  return out
+
+
+def table(part, entry, forget, models, paper=True):
+  """One Table-1/2-like Markdown table over ``models`` (those evaluated)."""
+  head = ['model', 'seeds', 'UR %', 'NLL D_g', 'NLL D_f', 'FID vs D_g', 'MIA AUC', 'train min']
+  if paper:
+    head[3:3] = ['paper UR %']
+    head[5:5] = ['paper D_g']
+    head[7:7] = ['paper D_f']
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for model in models:
+    seeds = seeds_of(entry, model, forget)
+    cells = [model, str(len(seeds)), fmt(summary(entry, model, forget, 'ur'))]
+    pk = paper_key(model)
+    if paper:
+      pur = PAPER_UR.get((part, forget), {}).get(pk) if pk else None
+      cells.append('—' if pur is None else f'{pur:.1f}')
+    cells.append(fmt(summary(entry, model, forget, 'nll_retain'), 3))
+    if paper:
+      cells.append(f'{PAPER_NLL["retain"][pk]:.2f}' if pk and part == 'mnist' else '—')
+    cells.append(fmt(summary(entry, model, forget, 'nll_forget'), 3))
+    if paper:
+      cells.append(f'{PAPER_NLL["forget"][pk]:.2f}' if pk and part == 'mnist' else '—')
+    cells.append(fmt(summary(entry, model, forget, 'fid'), 1))
+    cells.append(fmt(summary(entry, model, forget, 'mia'), 3))
+    t = train_seconds(entry, model, forget)
+    cells.append('—' if t is None else f'{t / 60:.1f}')
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def _run(body):
+  return {k: v for k, v in body.items() if not k.startswith('_')}, body.get('_items')
+
+
+def paired_against(entry, forget, model, reference='unseen'):
+  """Per seed both share: ``evaluation.compare`` of ``reference`` (A) and ``model`` (B); and the UR test with the
+  counts pooled over those seeds (Fisher's exact test). ``([(seed, result)], pooled or None)``."""
+  rows, ka = [], [0, 0]
+  kb = [0, 0]
+  ve = 've-' if model.startswith('ve-') and not reference.startswith('ve-') else ''
+  ref = ve + reference
+  for seed in seeds_of(entry, model, forget):
+    a, b = entry['eval'].get((ref, forget, seed)), entry['eval'].get((model, forget, seed))
+    if a is None or b is None:
+      continue
+    try:
+      result = compare_lib.compare(_run(a), _run(b))
+    except compare_lib.CompareError:
+      continue
+    rows.append((seed, result))
+    u = result['unlearning_ratio']
+    if u:
+      ka = [ka[0] + u['k_a'], ka[1] + u['n_a']]
+      kb = [kb[0] + u['k_b'], kb[1] + u['n_b']]
+  pooled = None
+  if ka[1] and kb[1]:
+    p = scipy_stats.fisher_exact([[ka[0], ka[1] - ka[0]], [kb[0], kb[1] - kb[0]]]).pvalue
+    pooled = {'a': 100. * ka[0] / ka[1], 'b': 100. * kb[0] / kb[1], 'k_a': ka[0], 'n_a': ka[1], 'k_b': kb[0],
+              'n_b': kb[1], 'p': float(p)}
+  return rows, pooled
+
+
+def paired_table(entry, forget, models):
+  lines = ['| model vs Unseen | seed | UR % (Unseen → model) | p (Fisher) | NLL D_g diff | NLL D_f diff |',
+           '|---|---|---|---|---|---|']
+  for model in models:
+    if model in ('unseen', 've-unseen'):
+      continue
+    rows, pooled = paired_against(entry, forget, model)
+    for seed, r in rows:
+      u, nll = r['unlearning_ratio'], r['nll']
+
+      def d(part):
+        x = nll.get(part)
+        return '—' if not x else f'{x["diff"]:+.3f} ± {x["sem"]:.3f} (p {x["p"]:.2g})'
+      ur = '—' if not u else f'{u["a"]:.2f} → {u["b"]:.2f}'
+      p = '—' if not u else f'{u["p"]:.3g}'
+      lines.append(f'| {model} | {seed} | {ur} | {p} | {d("retain")} | {d("forget")} |')
+    if pooled and len(rows) > 1:
+      lines.append(f'| {model} | pooled ({len(rows)} seeds) | {pooled["a"]:.2f} ({pooled["k_a"]}/{pooled["n_a"]}) → '
+                   f'{pooled["b"]:.2f} ({pooled["k_b"]}/{pooled["n_b"]}) | {pooled["p"]:.3g} | | |')
+  return '\n'.join(lines) + '\n'
+
+
+def best_msgm(entry, forget):
+  """The MSGM setting with the lowest mean Unlearning Ratio on ``forget`` (None when none is evaluated)."""
+  best = None
+  for model in models_of(entry, forget):
+    if model not in MSGM:
+      continue
+    mean = summary(entry, model, forget, 'ur')[0]
+    if mean is not None and (best is None or mean < best[1]):
+      best = (model, mean)
+  return None if best is None else best[0]
+
+
+def relearn_after(entry, model, forget):
+  """``(percent after the last attack step, step, k)`` of the first seed's attack (largest k), or None."""
+  for (m, f, _s), body in sorted(entry['relearn'].items(), key=lambda kv: kv[0][2]):
+    if m == model and f == forget and body.get('curves'):
+      curve = max(body['curves'], key=lambda c: c['k'])
+      last = curve['points'][-1]
+      return float(last['percent']), int(last['step']), int(curve['k'])
+  return None
+
+
+def targets(part, entry, forget):
+  """The issue's targets for this forget set: ``[(target, status, measured)]``, status one of ``met``,
+  ``missed``, ``not measured yet``."""
+  out = []
+  best = best_msgm(entry, forget)
+  ur = lambda m: summary(entry, m, forget, 'ur')   # noqa: E731
+  std = 've-standard' if best and best.startswith('ve-') else 'standard'
+  goal = UR_TARGET.get((part, forget))
+  if goal is not None:
+    if best is None:
+      out.append((f'best MSGM UR ≤ {goal}%', 'not measured yet', '—'))
+    else:
+      m = ur(best)[0]
+      out.append((f'best MSGM UR ≤ {goal}%', 'met' if m <= goal + 1e-9 else 'missed', f'{best}: {m:.2f}%'))
+  if best is not None:
+    _rows, pooled = paired_against(entry, forget, best)
+    if pooled is None:
+      out.append(('best MSGM UR below Unseen (paired test)', 'not measured yet', '—'))
+    else:
+      ok = pooled['b'] < pooled['a'] and pooled['p'] < 0.05
+      out.append(('best MSGM UR below Unseen (paired test)', 'met' if ok else 'missed',
+                  f'{pooled["b"]:.2f}% vs {pooled["a"]:.2f}%, p {pooled["p"]:.3g}'))
+
+    def ratio(name):
+      b, s = summary(entry, best, forget, name)[0], summary(entry, std, forget, name)[0]
+      return None if b is None or s is None else b / s
+    for label, name, test in (('NLL D_f ≥ 3× Standard', 'nll_forget', lambda r: r >= 3.),
+                              ('NLL D_g within 15% of Standard', 'nll_retain', lambda r: r <= 1.15),
+                              ('FID vs D_g within 20% of Standard', 'fid', lambda r: r <= 1.2)):
+      r = ratio(name)
+      out.append((label, 'not measured yet' if r is None else ('met' if test(r) else 'missed'),
+                  '—' if r is None else f'{best}: {r:.2f}× Standard'))
+    a, u = relearn_after(entry, best, forget), relearn_after(entry, 'unseen', forget)
+    if a is None or u is None:
+      out.append(('UR after the relearning attack below Unseen\'s', 'not measured yet', '—'))
+    else:
+      out.append(('UR after the relearning attack below Unseen\'s', 'met' if a[0] < u[0] else 'missed',
+                  f'{best}: {a[0]:.1f}% vs Unseen {u[0]:.1f}% after {a[1]} steps, k = {a[2]}'))
+  return out
+
+
+def relearn_table(entry, forget):
+  rows = sorted(((m, s, b) for (m, f, s), b in entry['relearn'].items() if f == forget), key=lambda r: r[:2])
+  if not rows:
+    return ''
+  lines = ['| model | seed | k | UR % after each attack step | mean UR % over the attack |', '|---|---|---|---|---|']
+  for model, seed, body in rows:
+    for c in body.get('curves', []):
+      pts = ', '.join(f'{p["step"]}: {p["percent"]:.1f}' for p in c['points'])
+      lines.append(f'| {model} | {seed} | {c["k"]} | {pts} | {c["area"]["mean_percent"]:.1f} |')
+  return '\n'.join(lines) + '\n'
+
+
+def kept_reading(out_path):
+  if not os.path.isfile(out_path):
+    return 'No reading yet: it is written once the tables are complete.'
+  text = open(out_path).read()
+  if READING_BEGIN in text and READING_END in text:
+    return text.split(READING_BEGIN, 1)[1].split(READING_END, 1)[0].strip('\n')
+  return 'No reading yet: it is written once the tables are complete.'
+
+
+def pending(workdir, part) -> Optional[str]:
+  """'N of M stages done' of the part's full plan in ``workdir`` (None without a workdir)."""
+  if not workdir:
+    return None
+  from benchmarks import reproduce
+  from experiments import stages
+  plan = reproduce.build_plan(part)
+  root = os.path.join(workdir, part)
+  done = sum(stages.record_of(root, s) is not None for s in plan)
+  left = sum(s.estimate for s in plan if stages.record_of(root, s) is None)
+  return f'{done} of {len(plan)} stages done; the rest is estimated at {left / 3600:.1f} h one at a time'
+
+
+def page(results_dir, out_path, workdir=None, header=''):
+  """The page's Markdown (see the module docstring)."""
+  parts = load(results_dir)
+  rel = os.path.relpath(results_dir, os.path.dirname(os.path.abspath(out_path)) or '.')
+  lines: List[str] = [header.strip() + '\n'] if header else []
+  for part, entry in parts.items():
+    lines.append(f'## {part}\n')
+    status = pending(workdir, part)
+    if status:
+      lines.append(f'Plan: {status}.\n')
+    clf = entry['classifier']
+    if clf:
+      acc = clf.get('test_accuracy')
+      lines.append(f'Classifier: test accuracy {"—" if acc is None else f"{100 * acc:.2f}%"}, SHA-256 '
+                   f'`{(clf.get("sha256") or "—")[:16]}…`, trained in {clf["stage"]["seconds"]:.0f} s.\n')
+    for forget in forget_sets(entry):
+      models = models_of(entry, forget)
+      scratch = [m for m in models if m in SCRATCH]
+      tuned = [m for m in models if m not in SCRATCH]
+      lines.append(f'### {part}: forget {forget.replace("+", " and ")}\n')
+      if scratch:
+        lines.append('From scratch (the paper\'s Table 1 protocol); mean ± SE over seeds; the paper\'s MNIST numbers '
+                     'are on a VE SDE (our `ve-*` rows), beside which the VP rows are shown for scale.\n')
+        lines.append(table(part, entry, forget, scratch))
+      if tuned:
+        lines.append('Fine-tuning Standard (the paper\'s Table 2 protocol; the family of methods), first seed:\n')
+        lines.append(table(part, entry, forget, ['standard'] + tuned if 'standard' in models else tuned))
+      lines.append('Paired comparisons against Unseen of the same seed (`evaluation.compare`: Fisher\'s exact test '
+                   'on the Unlearning Ratio counts, paired per-item NLL differences, model − Unseen):\n')
+      lines.append(paired_table(entry, forget, models))
+      lines.append('Targets (the best MSGM setting = the lowest mean UR among the MSGM rows):\n')
+      lines.append('| target | status | measured |\n|---|---|---|')
+      lines += [f'| {t} | {s} | {m} |' for t, s, m in targets(part, entry, forget)]
+      lines.append('')
+      rt = relearn_table(entry, forget)
+      if rt:
+        lines.append('Relearning attack (fine-tuning on k forget images; UR % after each step count):\n')
+        lines.append(rt)
+      grids = [(m, s, entry['eval'][(m, forget, s)]['_png']) for m in models for s in seeds_of(entry, m, forget)[:1]
+               if entry['eval'][(m, forget, s)].get('_png')]
+      if grids:
+        lines.append('Samples (first seed, 64 of each model):\n')
+        lines.append(' '.join(f'<img src="{rel}/{p}" width="160" title="{m} s{s}">' for m, s, p in grids) + '\n')
+  lines.append('## Reading\n')
+  lines.append(READING_BEGIN)
+  lines.append(kept_reading(out_path))
+  lines.append(READING_END + '\n')
+  return '\n'.join(lines)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--results', default='docs/results')
+  parser.add_argument('--out', default='docs/RESULTS.md')
+  parser.add_argument('--workdir', default='', help='the benchmark\'s folder, to count the stages still to run')
+  parser.add_argument('--header', default='', help='a Markdown file put at the top of the page')
+  args = parser.parse_args(argv)
+  if not os.path.isdir(args.results):
+    print(f'error: no results folder {args.results} (run benchmarks/reproduce.py --results {args.results})',
+          file=sys.stderr)
+    return 1
+  header = open(args.header).read() if args.header else ''
+  text = page(args.results, args.out, args.workdir or None, header)
+  utils.atomic_write_text(args.out, text)
+  print(f'wrote {args.out}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,79 @@
+"""docs/RESULTS.md's generator on hand-made results: mean ± SE over seeds, the paper's numbers beside ours, the
+pooled paired test against Unseen, each target's status, and the hand-written reading kept."""
+import json
+
+import numpy as np
+
+from experiments import results_page
+
+
+def _eval(folder, model, seed, k, nll_g, nll_f, n=1000, forget='3'):
+  stem = folder / f'eval__{model}__mnist__{forget}__s{seed}'
+  body = {'dataset': 'MNIST5K', 'forget': ['3'], 'step': 3000, 'fid': None,
+          'unlearning_ratio': {'percent': 100. * k / n, 'num_forget': k, 'num_samples': n},
+          'nll_bpd': {'retain': {'mean': nll_g, 'n': 4}, 'forget': {'mean': nll_f, 'n': 3}},
+          'membership': {'auc': 0.5}, 'stage': {'name': f'eval/{model}/mnist/{forget}/s{seed}', 'seconds': 60.}}
+  stem.with_suffix('.json').write_text(json.dumps(body))
+  offsets_g, offsets_f = np.array([0., .1, -.1, 0.]), np.array([0., .2, -.2])
+  np.savez(str(stem) + '.nll.npz', retain_bpd=nll_g + offsets_g, forget_bpd=nll_f + offsets_f,
+           retain_nats=np.zeros(4), forget_nats=np.zeros(3))
+
+
+def _relearn(folder, model, after):
+  body = {'curves': [{'k': 32, 'points': [{'step': 0, 'percent': 1.}, {'step': 100, 'percent': after}],
+                      'area': {'mean_percent': (1. + after) / 2}}],
+          'stage': {'name': f'relearn/{model}/mnist/3/s42', 'seconds': 10.}}
+  (folder / f'relearn__{model}__mnist__3__s42.json').write_text(json.dumps(body))
+
+
+def _results(tmp_path):
+  folder = tmp_path / 'results' / 'mnist'
+  folder.mkdir(parents=True)
+  for seed, k in zip((42, 43, 44), (2, 4, 6)):
+    _eval(folder, 'orthogonal', seed, k, 2.4, 6.0)       # UR 0.2, 0.4, 0.6 %
+    _eval(folder, 'unseen', seed, 20, 2.0, 2.5)          # 2 % each
+    _eval(folder, 'standard', seed, 110, 2.0, 2.0)       # 11 %
+  _relearn(folder, 'orthogonal', 5.)
+  _relearn(folder, 'unseen', 50.)
+  (folder / 'classifier__mnist.json').write_text(json.dumps(
+    {'test_accuracy': 0.99, 'sha256': 'ab' * 32, 'stage': {'name': 'classifier/mnist', 'seconds': 100.}}))
+  (folder / 'train__standard__mnist__s42.json').write_text(json.dumps(
+    {'step': 3000, 'train_stats': {'wall_seconds': 600.}, 'stage': {'name': 'train/standard/mnist/s42', 'seconds': 1.}}))
+  return tmp_path / 'results'
+
+
+def test_tables_targets_and_paired_test(tmp_path):
+  results = _results(tmp_path)
+  text = results_page.page(str(results), str(tmp_path / 'RESULTS.md'))
+  row = next(line for line in text.splitlines() if line.startswith('| orthogonal | 3 |'))
+  cells = [c.strip() for c in row.split('|')[1:-1]]
+  # mean of 0.2, 0.4, 0.6 and its SE 0.2 / sqrt(3); the paper's 0.4 (MNIST VE, digit 3) beside it
+  assert cells[2] == '0.40 ± 0.12' and cells[3] == '0.4'
+  assert cells[4] == '2.400 ± 0.000' and cells[5] == '3.92' and cells[7] == '13.23'
+  std_row = next(line for line in text.splitlines() if line.startswith('| standard | 3 |'))
+  assert std_row.split('|')[-2].strip() == '10.0'          # train minutes from train_stats (600 s)
+  status = {t: (s, m) for t, s, m in results_page.targets('mnist', results_page.load(str(results))['mnist'], '3')}
+  assert status['best MSGM UR ≤ 0.4%'][0] == 'met'
+  assert status['best MSGM UR below Unseen (paired test)'][0] == 'met'          # 12/3000 against 60/3000
+  assert '0.40% vs 2.00%' in status['best MSGM UR below Unseen (paired test)'][1]
+  assert status['NLL D_f ≥ 3× Standard'][0] == 'met'                            # 6.0 / 2.0
+  assert status['NLL D_g within 15% of Standard'][0] == 'missed'                # 2.4 / 2.0 = 1.2
+  assert status['FID vs D_g within 20% of Standard'][0] == 'not measured yet'
+  assert status["UR after the relearning attack below Unseen's"][0] == 'met'
+  # the paired NLL difference of orthogonal − unseen on D_f: every item shifted by 3.5 exactly
+  assert '| orthogonal | 42 | 2.00 → 0.20 |' in text and '+3.500 ± 0.000' in text
+  assert 'pooled (3 seeds) | 2.00 (60/3000) → 0.40 (12/3000)' in text
+
+
+def test_the_reading_is_kept_and_a_missing_folder_is_one_line(tmp_path, capsys):
+  results = _results(tmp_path)
+  out = tmp_path / 'RESULTS.md'
+  assert results_page.main(['--results', str(results), '--out', str(out)]) == 0
+  text = out.read_text()
+  assert 'No reading yet' in text
+  out.write_text(text.replace('No reading yet: it is written once the tables are complete.', 'Our reading.'))
+  assert results_page.main(['--results', str(results), '--out', str(out)]) == 0
+  assert 'Our reading.' in out.read_text() and 'No reading yet' not in out.read_text()
+  assert results_page.main(['--results', str(tmp_path / 'nope'), '--out', str(out)]) == 1
+  assert 'no results folder' in capsys.readouterr().err
+  assert 'Our reading.' in out.read_text()
