@@ -8,18 +8,22 @@ and 7), ``fashion`` (full Fashion-MNIST from Debian's package; forget Trouser, a
 (the 2-D toy and the 8×8 digits at a few steps: the plan's machinery in seconds, for tests).
 
 The plan, per part (``experiments/stages.py``: each stage cached by a hash of its resolved config, so a rerun
-recomputes only what changed, and an interrupted stage resumes in its folder):
+recomputes only what changed, and an interrupted stage resumes in its folder), in the order it runs:
 
 * ``classifier/<part>``: the Unlearning-Ratio classifier (its test accuracy and SHA-256 are recorded; the
   page flags one under the issue's bar, 98 % MNIST, 90 % Fashion-MNIST);
-* per seed: ``standard/<part>/s<seed>`` (on D; the same for every forget set);
-* per forget set F and seed: ``unseen``, the paper's ``orthogonal`` and ``obtuse`` from scratch (Table 1's
-  protocol) and ``mnist-best`` (the ratio preset, with that seed's Unseen as reference);
-* per forget set, first seed only: Orthogonal and Obtuse fine-tuning Standard (Table 2), the official-code
-  variants (elementwise Orthogonal, the official Obtuse sign) and every other method of the family
-  fine-tuning Standard; on MNIST also the paper's forms on a CPU-sized VE SDE (``ve-*``);
-* for every model: ``eval/...`` (Unlearning Ratio on ``--samples`` samples, NLL of D_g and D_f, FID
-  against D_g, the membership AUC) and, for the models of the first seed, ``relearn/...`` (the attack).
+* the targets' models, every seed (first seed first): ``standard/<part>/s<seed>`` (on D; the same for every
+  forget set) and per forget set ``unseen``, the paper's ``orthogonal`` and ``obtuse`` from scratch (Table 1's
+  protocol) and ``mnist-best`` (the ratio preset, with that seed's Unseen as reference), each evaluated;
+* the relearning attack on those (first seed);
+* first seed: the paper's forms on a CPU-sized VE SDE (``ve-*``, MNIST), evaluated and attacked;
+* first seed: Orthogonal and Obtuse fine-tuning Standard (Table 2) and the official-code variants
+  (elementwise Orthogonal, the official Obtuse sign);
+* first seed: every other method of the family fine-tuning Standard (SFD is left out: it distils a
+  class-conditional teacher), then the attack on these and the variants (first forget set only).
+
+Every evaluation: Unlearning Ratio on ``--samples`` samples, NLL of D_g and D_f, FID against D_g, the
+membership AUC. The attack (``ATTACK``): k = 32 forget images, the UR after 0, 100, 200 steps on 250 samples.
 
 ``--dry-run`` prints the plan with each stage's estimated time (from the speeds measured on this machine,
 ``SPEED``) and the total; ``--only`` runs the stages whose names match (shell patterns, with what they
@@ -60,9 +64,17 @@ class Part:
   family: bool = True
 
 
+#: the relearning attack of the real-data parts: one attacker (k = 32 forget images), the UR after 0, 100 and 200
+#: steps on 250 samples each — the setting of docs/unlearning.md's family section, so the two pages compare.
+#: (The config's default, k = 8, 32, 128 at 0, 50, 100, 200 steps on eval.num_samples, costs about 16 times as
+#: much per model: hours on this CPU.)
+ATTACK = {'relearn.k': '32', 'relearn.steps': '0,100,200', 'relearn.num_samples': 250}
+
 PARTS = {
-  'mnist': Part('configs.mnist.mnist5k_small', ('3', '3,7'), (42, 43, 44), 0.98, 'configs.mnist.mnist5k_small_ve'),
-  'fashion': Part('configs.mnist.fashion_mnist_small', ('Trouser', 'Trouser,Bag'), (42, 43, 44), 0.90),
+  'mnist': Part('configs.mnist.mnist5k_small', ('3', '3,7'), (42, 43, 44), 0.98, 'configs.mnist.mnist5k_small_ve',
+                overrides=dict(ATTACK)),
+  'fashion': Part('configs.mnist.fashion_mnist_small', ('Trouser', 'Trouser,Bag'), (42, 43, 44), 0.90,
+                  overrides=dict(ATTACK)),
   'tiny': Part('configs.toy.gmm2d', ('centre',), (42, 43), 0.,
                overrides={'training.n_iters': 40, 'training.snapshot_freq': 40,
                           'training.snapshot_freq_for_preemption': 20, 'training.snapshot_sampling': False,
@@ -185,15 +197,27 @@ RUNNERS = {'classifier': run_classifier, 'train': run_train, 'eval': run_eval, '
 # The plan
 
 
+#: the order of the plan's groups: what the issue's targets need first, at every seed, then the rest.
+CORE, CORE_ATTACK, VE, VARIANTS, FAMILY, FAMILY_ATTACK = range(6)
+CORE_MODELS = ('standard', 'unseen', 'orthogonal', 'obtuse')
+
+
 def build_plan(part_name, overrides=None, samples=1000):
-  """The ordered stages of one part (see the module docstring). ``overrides`` apply to every config."""
+  """The stages of one part (see the module docstring), in the order they should run: the classifier and the
+  core models of the targets (Standard, Unseen, Orthogonal, Obtuse, the best preset; every seed, first seed
+  first) with their evaluations; the attack on those; the VE SDE's; the official variants and Table 2's
+  fine-tuned forms; the rest of the family; the attack on those (first forget set only). ``overrides`` apply
+  to every config."""
   part = PARTS[part_name]
   overrides = dict(part.overrides, **(overrides or {}))
   speed = SPEED[part_name]
   plan: List[stages.Stage] = []
+  order: Dict[str, tuple] = {}
+  types: Dict[str, str] = {}
 
-  def add(name, kind, key, depends=(), estimate=60.):
+  def add(name, kind, key, depends, estimate, rank):
     plan.append(stages.Stage(name, kind, key, RUNNERS[kind], tuple(depends), float(estimate)))
+    order[name] = rank + (len(plan),)
     return name
 
   def configured(module, forget, seed, extra=None):
@@ -206,67 +230,81 @@ def build_plan(part_name, overrides=None, samples=1000):
     config.eval.enable_fid = config.data.dataset != 'GMM2D'
     return config
 
-  def train(name, config, task, n_iters=None, depends=(), **links):
+  def train(name, config, task, rank, n_iters=None, **links):
     if n_iters:
       t = config.training
       t.n_iters, t.snapshot_freq = int(n_iters), int(n_iters)
       t.snapshot_freq_for_preemption = min(int(t.snapshot_freq_for_preemption), int(n_iters))
     key = dict(config=config_key(config, EVAL_SECTIONS), task=task, **links)
-    deps = list(depends) + [v for v in links.values() if v]
-    return add(f'train/{name}', 'train', key, deps, speed['step'] * int(config.training.n_iters) + speed['start'])
+    deps = [v for v in links.values() if v]
+    stage = add(f'train/{name}', 'train', key, deps,
+                speed['step'] * int(config.training.n_iters) + speed['start'], rank)
+    types[stage] = task
+    return stage
 
-  def evaluate(name, config, task, run, attack):
-    key = dict(config=config_key(config), task=task, run_from=run, classifier_from=clf)
-    add(f'eval/{name}', 'eval', key, (run, clf), speed['eval'])
-    if attack:
-      add(f'relearn/{name}', 'relearn', key, (run, clf), speed['relearn'])
+  def evaluate(name, config, run, rank, attack_rank=None):
+    key = dict(config=config_key(config), task=types[run], run_from=run, classifier_from=clf)
+    add(f'eval/{name}', 'eval', key, (run, clf), speed['eval'], rank)
+    if attack_rank is not None:
+      add(f'relearn/{name}', 'relearn', key, (run, clf), speed['relearn'], attack_rank)
 
   base = configured(part.config, part.forget_sets[0], part.seeds[0])
-  clf = add(f'classifier/{part_name}', 'classifier', {'config': classifier_key(base)}, (), speed['classifier'])
+  clf = add(f'classifier/{part_name}', 'classifier', {'config': classifier_key(base)}, (), speed['classifier'],
+            (CORE, -1))
   first = part.seeds[0]
-  for seed in part.seeds:
+  best = BEST[part_name]
+  for i, seed in enumerate(part.seeds):
+    core = (CORE, i)
     # Standard trains on D: one model per seed for every forget set (its config names the first forget set).
-    std = train(f'standard/{part_name}/s{seed}', configured(part.config, part.forget_sets[0], seed), 'standard')
-    for forget in part.forget_sets:
+    std = train(f'standard/{part_name}/s{seed}', configured(part.config, part.forget_sets[0], seed), 'standard',
+                core)
+    ve_std = None
+    if part.ve_config and seed == first:
+      ve_std = train(f've-standard/{part_name}/s{seed}', configured(part.ve_config, part.forget_sets[0], seed),
+                     'standard', (VE, i))
+    for j, forget in enumerate(part.forget_sets):
       tag = f'{part_name}/{forget.replace(",", "+")}/s{seed}'
       cfg = lambda extra=None: configured(part.config, forget, seed, extra)   # noqa: E731
+      attack = seed == first
       runs = {'standard': std}
-      runs['unseen'] = train(f'unseen/{tag}', cfg(), 'unseen')
-      runs['orthogonal'] = train(f'orthogonal/{tag}', cfg(), 'orthogonal')
-      runs['obtuse'] = train(f'obtuse/{tag}', cfg(), 'obtuse')
-      best = BEST[part_name]
-      best_cfg = cfg({'unlearn.preset': best})
-      runs[best] = train(f'{best}/{tag}', best_cfg, 'obtuse', reference_from=runs['unseen'])
-      if seed == first:
-        runs['orthogonal-ft'] = train(f'orthogonal-ft/{tag}', cfg(), 'orthogonal', FINE_TUNE_STEPS,
-                                      pretrained_from=std)
-        runs['obtuse-ft'] = train(f'obtuse-ft/{tag}', cfg(), 'obtuse', FINE_TUNE_STEPS, pretrained_from=std)
-        runs['orthogonal-official'] = train(f'orthogonal-official/{tag}',
-                                            cfg({'unlearn.orthogonal_product': 'elementwise'}), 'orthogonal')
-        runs['obtuse-official'] = train(f'obtuse-official/{tag}', cfg({'unlearn.obtuse_sign': 'official'}),
-                                        'obtuse')
-        if part.family:
-          import unlearning
-          for m in unlearning.registered():
-            if m.name in ('standard', 'unseen', 'orthogonal', 'obtuse'):
-              continue
-            runs[m.name] = train(f'{m.name}-ft/{tag}', cfg(), m.name, FINE_TUNE_STEPS, pretrained_from=std,
-                                 classifier_from=clf)
-        if part.ve_config:
-          ve = lambda: configured(part.ve_config, forget, seed)   # noqa: E731
-          ve_std = train(f've-standard/{tag}', ve(), 'standard')
-          runs['ve-standard'] = ve_std
-          for task in ('unseen', 'orthogonal', 'obtuse'):
-            runs[f've-{task}'] = train(f've-{task}/{tag}', ve(), task)
+      for task in CORE_MODELS[1:]:
+        runs[task] = train(f'{task}/{tag}', cfg(), task, core)
+      runs[best] = train(f'{best}/{tag}', cfg({'unlearn.preset': best}), 'obtuse', core,
+                         reference_from=runs['unseen'])
       for name, run in runs.items():
-        task = _task_of(plan, run)
-        config = configured(part.ve_config if name.startswith('ve-') else part.config, forget, seed)
-        evaluate(f'{name}/{tag}', config, task, run, attack=seed == first)
+        evaluate(f'{name}/{tag}', cfg(), run, core, (CORE_ATTACK, i) if attack else None)
+      if seed != first:
+        continue
+      if ve_std:
+        ve = lambda: configured(part.ve_config, forget, seed)   # noqa: E731
+        ve_runs = {'ve-standard': ve_std}
+        for task in CORE_MODELS[1:]:
+          ve_runs[f've-{task}'] = train(f've-{task}/{tag}', ve(), task, (VE, j))
+        for name, run in ve_runs.items():
+          evaluate(f'{name}/{tag}', ve(), run, (VE, j), (VE, j))
+      variants = {
+        'orthogonal-ft': train(f'orthogonal-ft/{tag}', cfg(), 'orthogonal', (VARIANTS, j), FINE_TUNE_STEPS,
+                               pretrained_from=std),
+        'obtuse-ft': train(f'obtuse-ft/{tag}', cfg(), 'obtuse', (VARIANTS, j), FINE_TUNE_STEPS, pretrained_from=std),
+        'orthogonal-official': train(f'orthogonal-official/{tag}', cfg({'unlearn.orthogonal_product': 'elementwise'}),
+                                     'orthogonal', (VARIANTS, j)),
+        'obtuse-official': train(f'obtuse-official/{tag}', cfg({'unlearn.obtuse_sign': 'official'}), 'obtuse',
+                                 (VARIANTS, j)),
+      }
+      family = {}
+      if part.family:
+        import unlearning
+        for m in unlearning.registered():
+          # SFD distils a class-conditional teacher: it has no place among unconditional models
+          if m.name in CORE_MODELS or not m.unconditional:
+            continue
+          family[m.name] = train(f'{m.name}-ft/{tag}', cfg(), m.name, (FAMILY, j), FINE_TUNE_STEPS,
+                                 pretrained_from=std, classifier_from=clf)
+      for group, runs_of in ((VARIANTS, variants), (FAMILY, family)):
+        for name, run in runs_of.items():
+          evaluate(f'{name}/{tag}', cfg(), run, (group, j), (FAMILY_ATTACK, j) if j == 0 else None)
+  plan.sort(key=lambda s: order[s.name])
   return stages.resolve_hashes(plan)
-
-
-def _task_of(plan, name):
-  return next(s.key['task'] for s in plan if s.name == name)
 
 
 def copy_results(root, plan, results_dir, part_name):

@@ -149,3 +149,18 @@ def test_a_failing_stage_stops_the_plan_after_the_running_ones_are_recorded(tmp_
     stages.run_plan(root, plan, progress=False, log=lambda m: None, jobs=2)
   assert stages.record_of(root, plan[0])['outputs'] == {'slow': True}   # running when 'bad' failed: kept
   assert [stages.record_of(root, s) for s in plan[1:]] == [None, None, None]
+
+
+def test_the_mnist_plan_runs_the_targets_first_and_leaves_sfd_out():
+  names = [s.name for s in reproduce.build_plan('mnist')]
+  core_end = names.index('eval/mnist-best/mnist/3+7/s44')
+  assert all(n.startswith(('classifier/', 'train/', 'eval/')) for n in names[:core_end + 1])
+  assert all(('s42' in n or 's43' in n or 's44' in n) for n in names[1:core_end + 1])
+  assert core_end < names.index('relearn/unseen/mnist/3/s42') < names.index('train/ve-standard/mnist/s42') \
+    < names.index('train/orthogonal-official/mnist/3/s42') < names.index('train/salun-ft/mnist/3/s42')
+  assert not [n for n in names if 'sfd' in n]                   # SFD needs a class-conditional teacher
+  attacks = [n for n in names if n.startswith('relearn/')]
+  assert all(n.endswith('s42') for n in attacks)
+  assert 'relearn/salun/mnist/3/s42' in attacks and 'relearn/salun/mnist/3+7/s42' not in attacks
+  assert 'relearn/mnist-best/mnist/3+7/s42' in attacks
+  assert names.count('train/ve-standard/mnist/s42') == 1 and names.count('train/standard/mnist/s43') == 1
