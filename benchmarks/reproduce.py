@@ -32,7 +32,6 @@ as its stage finishes (small files: no checkpoints). docs/RESULTS.md is written 
 ``experiments/results_page.py``.
 """
 import argparse
-import copy
 import dataclasses
 import importlib
 import json
