@@ -5,7 +5,8 @@
 
 Parts (``--part``, comma-separated): ``mnist`` (the real MNIST-5k subset; forget digit 3, and separately 3
 and 7), ``fashion`` (full Fashion-MNIST from Debian's package; forget Trouser, and Trouser and Bag), ``tiny``
-(the 2-D toy and the 8×8 digits at a few steps: the plan's machinery in seconds, for tests).
+(the 2-D toy at a few steps) and ``tiny-digits`` (scikit-learn's 8×8 digits, a DDPM++ of width 8, a few steps;
+no FID): the plan's machinery in seconds, for tests.
 
 The plan, per part (``experiments/stages.py``: each stage cached by a hash of its resolved config, so a rerun
 recomputes only what changed, and an interrupted stage resumes in its folder), in the order it runs:
@@ -61,6 +62,7 @@ class Part:
   ve_config: Optional[str] = None
   overrides: Dict[str, object] = dataclasses.field(default_factory=dict)
   family: bool = True
+  fid: bool = True
 
 
 #: the relearning attack of the real-data parts: one attacker (k = 32 forget images), the UR after 0, 100 and 200
@@ -83,15 +85,26 @@ PARTS = {
                           'relearn.steps': '0,5', 'relearn.num_samples': 50, 'mia.num_items': 20,
                           'mia.num_draws': 2, 'sa.samples': 20, 'sa.fisher_times': 1, 'vdu.samples': 20,
                           'vdu.fisher_times': 1, 'noisy_classifier.n_iters': 20, 'device': 'cpu'}),
+  'tiny-digits': Part('configs.mnist.mnist5k_small', ('3',), (42, 43), 0., fid=False,
+                      overrides={'data.dataset': 'DIGITS8X8', 'data.image_size': 8, 'model.nf': 8,
+                                 'model.ch_mult': (1, 2), 'model.num_scales': 20, 'training.n_iters': 8,
+                                 'training.snapshot_freq': 8, 'training.snapshot_freq_for_preemption': 4,
+                                 'training.snapshot_sampling': False, 'training.eval_freq': 0,
+                                 'training.batch_size': 16, 'training.batch_size_un': 8, 'eval.num_samples': 32,
+                                 'eval.batch_size': 32, 'eval.bpd_num_samples': 8, 'eval.classifier_epochs': 1,
+                                 'sampling.ode_rtol': 1e-2, 'sampling.ode_atol': 1e-2, 'relearn.k': '8',
+                                 'relearn.steps': '0,2', 'relearn.num_samples': 16, 'mia.num_items': 8,
+                                 'mia.num_draws': 2, 'device': 'cpu'}),
 }
 
 #: seconds per training step and per evaluation/attack on this 2-core CPU (idle), for the ETA.
 SPEED = {'mnist': {'step': 0.2, 'start': 30., 'eval': 420., 'relearn': 600., 'classifier': 120.},
          'fashion': {'step': 0.2, 'start': 60., 'eval': 600., 'relearn': 600., 'classifier': 600.},
-         'tiny': {'step': 0.005, 'start': 1., 'eval': 3., 'relearn': 3., 'classifier': 0.1}}
+         'tiny': {'step': 0.005, 'start': 1., 'eval': 3., 'relearn': 3., 'classifier': 0.1},
+         'tiny-digits': {'step': 0.05, 'start': 1., 'eval': 5., 'relearn': 5., 'classifier': 5.}}
 
 #: the best preset of each part (docs/unlearning.md), with the task it builds on.
-BEST = {'mnist': 'mnist-best', 'fashion': 'mnist-best', 'tiny': 'toy-ratio'}
+BEST = {'mnist': 'mnist-best', 'fashion': 'mnist-best', 'tiny': 'toy-ratio', 'tiny-digits': 'mnist-best'}
 FINE_TUNE_STEPS = 1000
 
 
@@ -223,10 +236,10 @@ def build_plan(part_name, overrides=None, samples=1000):
     config = load_config(module, dict(overrides, **(extra or {})))
     config.seed = int(seed)
     config.unlearn.forget = forget
-    if part_name != 'tiny':
+    if not part_name.startswith('tiny'):
       config.eval.num_samples = int(samples)
     config.eval.enable_bpd = config.eval.enable_sampling = config.eval.enable_mia = True
-    config.eval.enable_fid = config.data.dataset != 'GMM2D'
+    config.eval.enable_fid = part.fid and config.data.dataset != 'GMM2D'
     return config
 
   def train(name, config, task, rank, n_iters=None, **links):

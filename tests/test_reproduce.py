@@ -164,3 +164,17 @@ def test_the_mnist_plan_runs_the_targets_first_and_leaves_sfd_out():
   assert 'relearn/salun/mnist/3/s42' in attacks and 'relearn/salun/mnist/3+7/s42' not in attacks
   assert 'relearn/mnist-best/mnist/3+7/s42' in attacks
   assert names.count('train/ve-standard/mnist/s42') == 1 and names.count('train/standard/mnist/s43') == 1
+
+
+def test_the_digits_grid_runs_in_two_processes_once_and_feeds_the_page(tmp_path, capsys):
+  from experiments import results_page
+  args = ['--workdir', str(tmp_path / 'w'), '--part', 'tiny-digits', '--only',
+          'eval/standard/*s42,eval/unseen/*s42,relearn/unseen/*', '--jobs', '2', '--results', str(tmp_path / 'res'),
+          '--noprogress']
+  assert reproduce.main(args) == 0
+  assert 'tiny-digits: 6 stages ran' in capsys.readouterr().out   # classifier, 2 trainings, 2 evaluations, attack...
+  assert reproduce.main(args) == 0
+  assert 'tiny-digits: 0 stages ran' in capsys.readouterr().out      # ...and nothing the second time
+  text = results_page.page(str(tmp_path / 'res'), str(tmp_path / 'RESULTS.md'))
+  assert '### tiny-digits: forget 3' in text and '| unseen | 1 |' in text and '| standard | 1 |' in text
+  assert 'Relearning attack' in text and '| unseen | 42 | 8 | 0:' in text
