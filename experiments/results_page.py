@@ -42,6 +42,8 @@ SCRATCH = ('standard', 'unseen', 'orthogonal', 'obtuse', 'mnist-best', 'toy-rati
 #: the models that are MSGM settings (candidates for "the best MSGM setting").
 MSGM = ('orthogonal', 'obtuse', 'mnist-best', 'toy-ratio', 'orthogonal-official', 'obtuse-official',
         've-orthogonal', 've-obtuse', 'orthogonal-ft', 'obtuse-ft')
+#: the least test accuracy of the Unlearning-Ratio classifier per part.
+CLASSIFIER_BAR = {'mnist': 0.98, 'fashion': 0.90}
 #: the issue's Unlearning Ratio targets (percent) per part and forget set.
 UR_TARGET = {('mnist', '3'): 0.4, ('mnist', '3+7'): 1.2, ('fashion', 'Trouser'): 1.0}
 
@@ -344,7 +346,10 @@ def page(results_dir, out_path, workdir=None, header=''):
     clf = entry['classifier']
     if clf:
       acc = clf.get('test_accuracy')
-      lines.append(f'Classifier: test accuracy {"—" if acc is None else f"{100 * acc:.2f}%"}, SHA-256 '
+      bar = CLASSIFIER_BAR.get(part)
+      verdict = '' if acc is None or bar is None else \
+        f' ({"meets" if acc >= bar else "BELOW"} the bar of {100 * bar:.0f}%)'
+      lines.append(f'Classifier: test accuracy {"—" if acc is None else f"{100 * acc:.2f}%"}{verdict}, SHA-256 '
                    f'`{(clf.get("sha256") or "—")[:16]}…`, trained in {clf["stage"]["seconds"]:.0f} s.\n')
     for forget in forget_sets(entry):
       models = models_of(entry, forget)

@@ -49,6 +49,7 @@ def test_tables_targets_and_paired_test(tmp_path):
   cells = [c.strip() for c in row.split('|')[1:-1]]
   # mean of 0.2, 0.4, 0.6 and its SE 0.2 / sqrt(3); the paper's 0.4 (MNIST VE, digit 3) beside it
   assert cells[2] == '0.40 ± 0.12' and cells[3] == '0.4'
+  assert 'test accuracy 99.00% (meets the bar of 98%)' in text
   assert cells[4] == '2.400 ± 0.000' and cells[5] == '3.92' and cells[7] == '13.23'
   std_row = next(line for line in text.splitlines() if line.startswith('| standard | 3 |'))
   assert std_row.split('|')[-2].strip() == '10.0'          # train minutes from train_stats (600 s)
