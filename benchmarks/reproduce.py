@@ -26,8 +26,8 @@ recomputes only what changed, and an interrupted stage resumes in its folder), i
 Every evaluation: Unlearning Ratio on ``--samples`` samples, NLL of D_g and D_f, FID against D_g, the
 membership AUC. The attack (``ATTACK``): k = 32 forget images, the UR after 0, 100, 200 steps on 250 samples.
 
-``--dry-run`` prints the plan with each stage's estimated time (from the speeds measured on this machine,
-``SPEED``) and the total; ``--only`` runs the stages whose names match (shell patterns, with what they
+``--dry-run`` prints the plan with each stage's estimated time (from the speeds measured on this machine with
+two stages at once, ``SPEED``) and the total; ``--only`` runs the stages whose names match (shell patterns, with what they
 need). ``--results DIR`` copies every evaluation's results.json / relearn.json to ``DIR/<part>/<name>.json``
 as its stage finishes (small files: no checkpoints). docs/RESULTS.md is written from those files by
 ``experiments/results_page.py``.
@@ -97,9 +97,12 @@ PARTS = {
                                  'mia.num_draws': 2, 'device': 'cpu'}),
 }
 
-#: seconds per training step and per evaluation/attack on this 2-core CPU (idle), for the ETA.
-SPEED = {'mnist': {'step': 0.2, 'start': 30., 'eval': 420., 'relearn': 600., 'classifier': 120.},
-         'fashion': {'step': 0.2, 'start': 60., 'eval': 600., 'relearn': 600., 'classifier': 600.},
+#: seconds per training step and per evaluation/attack of one stage on this 2-core CPU while another stage runs
+#: beside it (--jobs 2, one thread each), for the ETA. Measured on MNIST-5k: 3,000 steps of Standard or Unseen
+#: 750 s, of Obtuse 1,070 s (it also draws a forget batch); an evaluation at 1,000 samples with NLL, FID and the
+#: membership test 914 s; the attack 250-550 s (docs/unlearning.md's family section).
+SPEED = {'mnist': {'step': 0.3, 'start': 15., 'eval': 920., 'relearn': 450., 'classifier': 60.},
+         'fashion': {'step': 0.3, 'start': 60., 'eval': 1000., 'relearn': 450., 'classifier': 600.},
          'tiny': {'step': 0.005, 'start': 1., 'eval': 3., 'relearn': 3., 'classifier': 0.1},
          'tiny-digits': {'step': 0.05, 'start': 1., 'eval': 5., 'relearn': 5., 'classifier': 5.}}
 
@@ -190,7 +193,9 @@ def run_eval(stage, folder, inputs):
   from evaluation import run as evaluation_run
   config = _eval_config(stage, inputs)
   run = inputs[stage.key['run_from']]
-  results = evaluation_run.evaluate(config, run['workdir'], stage.key['task'], eval_folder=folder, progress=False)
+  # an absolute folder: evaluate() places eval_folder under the run's workdir when it is relative
+  results = evaluation_run.evaluate(config, run['workdir'], stage.key['task'], eval_folder=os.path.abspath(folder),
+                                    progress=False)
   return {'results': os.path.join(folder, 'results.json'), 'step': results['step']}
 
 
@@ -198,7 +203,7 @@ def run_relearn(stage, folder, inputs):
   from evaluation import relearn
   config = _eval_config(stage, inputs)
   run = inputs[stage.key['run_from']]
-  relearn.run_relearn(config, run['workdir'], stage.key['task'], eval_folder=folder, progress=False)
+  relearn.run_relearn(config, run['workdir'], stage.key['task'], eval_folder=os.path.abspath(folder), progress=False)
   return {'results': os.path.join(folder, relearn.RESULTS_FILENAME)}
 
 

@@ -330,7 +330,7 @@ def pending(workdir, part) -> Optional[str]:
   root = os.path.join(workdir, part)
   done = sum(stages.record_of(root, s) is not None for s in plan)
   left = sum(s.estimate for s in plan if stages.record_of(root, s) is None)
-  return f'{done} of {len(plan)} stages done; the rest is estimated at {left / 3600:.1f} h one at a time'
+  return f'{done} of {len(plan)} stages done; the rest is estimated at {left / 3600:.1f} h of stage time, about half that with two at once'
 
 
 def page(results_dir, out_path, workdir=None, header=''):

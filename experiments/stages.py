@@ -104,8 +104,8 @@ def describe(root, plan: Sequence[Stage], jobs=1) -> str:
       total += s.estimate
     lines.append(f'{"done" if done else "run ":4} {s.name:48} {s.kind:10} ~{s.estimate / 60:6.1f} min  {s.hash[:10]}')
   lines.append(f'{sum(record_of(root, s) is None for s in plan)} of {len(plan)} stages to run, estimated '
-               f'{total / 3600:.2f} h on this machine' +
-               (f' one at a time, about {total / 3600 / jobs:.2f} h with {jobs} at once' if jobs > 1 else ''))
+               f'{total / 3600:.2f} h of stage time on this machine' +
+               (f', about {total / 3600 / jobs:.2f} h with {jobs} at once' if jobs > 1 else ''))
   return '\n'.join(lines)
 
 
@@ -209,10 +209,9 @@ def _run_parallel(root, todo, outputs, jobs, starting, finished):
         stage = running.pop(future)
         try:
           result, seconds = future.result()
+          finished(stage, result, seconds)   # a failure here (on_done) stops the plan like a stage's own
         except BaseException as e:   # noqa: B902 - re-raised once the running stages end
           error = error or e
-          continue
-        finished(stage, result, seconds)
       if error is not None:
         waiting.clear()
   if error is not None:

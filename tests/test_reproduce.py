@@ -178,3 +178,29 @@ def test_the_digits_grid_runs_in_two_processes_once_and_feeds_the_page(tmp_path,
   text = results_page.page(str(tmp_path / 'res'), str(tmp_path / 'RESULTS.md'))
   assert '### tiny-digits: forget 3' in text and '| unseen | 1 |' in text and '| standard | 1 |' in text
   assert 'Relearning attack' in text and '| unseen | 42 | 8 | 0:' in text
+
+
+def test_a_relative_workdir_keeps_each_evaluation_in_its_stage_folder(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  only = 'eval/unseen/*s42,relearn/unseen/*s42'
+  args = ['--workdir', 'w', '--part', 'tiny', '--only', only, '--results', 'res', '--noprogress']
+  assert reproduce.main(args) == 0, capsys.readouterr().err
+  plan = stages.select(reproduce.build_plan('tiny'), only)
+  assert [s.kind for s in plan[-2:]] == ['eval', 'relearn']
+  for stage in plan[-2:]:
+    record = stages.record_of('w/tiny', stage)
+    assert os.path.isfile(record['outputs']['results'])
+    assert os.path.samefile(os.path.dirname(record['outputs']['results']), stages.folder_of('w/tiny', stage))
+  assert (tmp_path / 'res' / 'tiny' / 'relearn__unseen__tiny__centre__s42.json').exists()
+
+
+def test_a_failure_after_a_stage_still_records_the_stages_running_beside_it(tmp_path):
+  root = str(tmp_path)
+  plan = stages.resolve_hashes([stages.Stage('slow', 'x', {}, _slow), stages.Stage('quick', 'x', {}, _sum)])
+
+  def on_done(stage):
+    if stage.name == 'quick':
+      raise OSError('cannot copy')
+  with pytest.raises(OSError, match='cannot copy'):
+    stages.run_plan(root, plan, progress=False, log=lambda m: None, on_done=on_done, jobs=2)
+  assert stages.record_of(root, plan[0])['outputs'] == {'slow': True}
