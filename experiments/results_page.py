@@ -233,6 +233,8 @@ def paired_table(entry, forget, models):
     if pooled and len(rows) > 1:
       lines.append(f'| {model} | pooled ({len(rows)} seeds) | {pooled["a"]:.2f} ({pooled["k_a"]}/{pooled["n_a"]}) → '
                    f'{pooled["b"]:.2f} ({pooled["k_b"]}/{pooled["n_b"]}) | {pooled["p"]:.3g} | | |')
+  if len(lines) == 2:
+    return 'None yet: no model has been evaluated beside Unseen of the same seed.\n'
   return '\n'.join(lines) + '\n'
 
 
