@@ -239,15 +239,27 @@ def paired_table(entry, forget, models):
 
 
 def best_msgm(entry, forget):
-  """The MSGM setting with the lowest mean Unlearning Ratio on ``forget`` (None when none is evaluated)."""
-  best = None
+  """``(model, note)``: the MSGM setting with the lowest mean Unlearning Ratio on ``forget`` among those whose
+  FID against D_g is within 20 % of their Standard's (a model that forgets by producing noise is not the best
+  setting); when none is, or no FID is measured, the lowest UR of all, with a note saying so. ``(None, '')``
+  when no MSGM setting is evaluated."""
+  rows = []
   for model in models_of(entry, forget):
     if model not in MSGM:
       continue
     mean = summary(entry, model, forget, 'ur')[0]
-    if mean is not None and (best is None or mean < best[1]):
-      best = (model, mean)
-  return None if best is None else best[0]
+    if mean is None:
+      continue
+    fid = summary(entry, model, forget, 'fid')[0]
+    std = summary(entry, 've-standard' if model.startswith('ve-') else 'standard', forget, 'fid')[0]
+    rows.append((mean, model, fid is not None and std is not None and fid <= 1.2 * std))
+  if not rows:
+    return None, ''
+  usable = [r for r in rows if r[2]]
+  if usable:
+    return min(usable)[1], ''
+  return min(rows)[1], ('no MSGM setting evaluated so far keeps its FID within 20 % of Standard\'s: the row is '
+                        'the lowest UR of all, from a model whose samples are damaged')
 
 
 def relearn_after(entry, model, forget):
@@ -264,7 +276,7 @@ def targets(part, entry, forget):
   """The issue's targets for this forget set: ``[(target, status, measured)]``, status one of ``met``,
   ``missed``, ``not measured yet``."""
   out = []
-  best = best_msgm(entry, forget)
+  best, note = best_msgm(entry, forget)
   ur = lambda m: summary(entry, m, forget, 'ur')   # noqa: E731
   std = 've-standard' if best and best.startswith('ve-') else 'standard'
   goal = UR_TARGET.get((part, forget))
@@ -273,7 +285,8 @@ def targets(part, entry, forget):
       out.append((f'best MSGM UR ≤ {goal}%', 'not measured yet', '—'))
     else:
       m = ur(best)[0]
-      out.append((f'best MSGM UR ≤ {goal}%', 'met' if m <= goal + 1e-9 else 'missed', f'{best}: {m:.2f}%'))
+      status = ('met' if m <= goal + 1e-9 else 'missed') if not note else 'missed (no usable model)'
+      out.append((f'best MSGM UR ≤ {goal}%', status, f'{best}: {m:.2f}%' + (f' ({note})' if note else '')))
   if best is not None:
     _rows, pooled = paired_against(entry, forget, best)
     if pooled is None:
@@ -298,6 +311,8 @@ def targets(part, entry, forget):
     else:
       out.append(('UR after the relearning attack below Unseen\'s', 'met' if a[0] < u[0] else 'missed',
                   f'{best}: {a[0]:.1f}% vs Unseen {u[0]:.1f}% after {a[1]} steps, k = {a[2]}'))
+  if note:
+    out = [(t, 'met only by a damaged model' if st == 'met' else st, m) for t, st, m in out]
   return out
 
 
@@ -368,7 +383,8 @@ def page(results_dir, out_path, workdir=None, header=''):
       lines.append('Paired comparisons against Unseen of the same seed (`evaluation.compare`: Fisher\'s exact test '
                    'on the Unlearning Ratio counts, paired per-item NLL differences, model − Unseen):\n')
       lines.append(paired_table(entry, forget, models))
-      lines.append('Targets (the best MSGM setting = the lowest mean UR among the MSGM rows):\n')
+      lines.append('Targets (the best MSGM setting = the lowest mean UR among the MSGM rows whose FID against D_g '
+                 'is within 20 % of Standard\'s):\n')
       lines.append('| target | status | measured |\n|---|---|---|')
       lines += [f'| {t} | {s} | {m} |' for t, s, m in targets(part, entry, forget)]
       lines.append('')

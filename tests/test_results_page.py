@@ -7,9 +7,9 @@ import numpy as np
 from experiments import results_page
 
 
-def _eval(folder, model, seed, k, nll_g, nll_f, n=1000, forget='3'):
+def _eval(folder, model, seed, k, nll_g, nll_f, n=1000, forget='3', fid=None):
   stem = folder / f'eval__{model}__mnist__{forget}__s{seed}'
-  body = {'dataset': 'MNIST5K', 'forget': ['3'], 'step': 3000, 'fid': None,
+  body = {'dataset': 'MNIST5K', 'forget': ['3'], 'step': 3000, 'fid': None if fid is None else {'value': fid},
           'unlearning_ratio': {'percent': 100. * k / n, 'num_forget': k, 'num_samples': n},
           'nll_bpd': {'retain': {'mean': nll_g, 'n': 4}, 'forget': {'mean': nll_f, 'n': 3}},
           'membership': {'auc': 0.5}, 'stage': {'name': f'eval/{model}/mnist/{forget}/s{seed}', 'seconds': 60.}}
@@ -26,13 +26,13 @@ def _relearn(folder, model, after):
   (folder / f'relearn__{model}__mnist__3__s42.json').write_text(json.dumps(body))
 
 
-def _results(tmp_path):
+def _results(tmp_path, fid_orthogonal=11.):
   folder = tmp_path / 'results' / 'mnist'
   folder.mkdir(parents=True)
   for seed, k in zip((42, 43, 44), (2, 4, 6)):
-    _eval(folder, 'orthogonal', seed, k, 2.4, 6.0)       # UR 0.2, 0.4, 0.6 %
-    _eval(folder, 'unseen', seed, 20, 2.0, 2.5)          # 2 % each
-    _eval(folder, 'standard', seed, 110, 2.0, 2.0)       # 11 %
+    _eval(folder, 'orthogonal', seed, k, 2.4, 6.0, fid=fid_orthogonal)       # UR 0.2, 0.4, 0.6 %
+    _eval(folder, 'unseen', seed, 20, 2.0, 2.5, fid=10.)                     # 2 % each
+    _eval(folder, 'standard', seed, 110, 2.0, 2.0, fid=10.)                  # 11 %
   _relearn(folder, 'orthogonal', 5.)
   _relearn(folder, 'unseen', 50.)
   (folder / 'classifier__mnist.json').write_text(json.dumps(
@@ -59,7 +59,7 @@ def test_tables_targets_and_paired_test(tmp_path):
   assert '0.40% vs 2.00%' in status['best MSGM UR below Unseen (paired test)'][1]
   assert status['NLL D_f ≥ 3× Standard'][0] == 'met'                            # 6.0 / 2.0
   assert status['NLL D_g within 15% of Standard'][0] == 'missed'                # 2.4 / 2.0 = 1.2
-  assert status['FID vs D_g within 20% of Standard'][0] == 'not measured yet'
+  assert status['FID vs D_g within 20% of Standard'][0] == 'met'                  # 11 / 10
   assert status["UR after the relearning attack below Unseen's"][0] == 'met'
   # the paired NLL difference of orthogonal − unseen on D_f: every item shifted by 3.5 exactly
   assert '| orthogonal | 42 | 2.00 → 0.20 |' in text and '+3.500 ± 0.000' in text
@@ -78,3 +78,12 @@ def test_the_reading_is_kept_and_a_missing_folder_is_one_line(tmp_path, capsys):
   assert results_page.main(['--results', str(tmp_path / 'nope'), '--out', str(out)]) == 1
   assert 'no results folder' in capsys.readouterr().err
   assert 'Our reading.' in out.read_text()
+
+
+def test_a_model_whose_samples_are_damaged_meets_no_target(tmp_path):
+  results = _results(tmp_path, fid_orthogonal=40.)        # 4× Standard's FID: the only MSGM row is unusable
+  status = {t: (s, m) for t, s, m in results_page.targets('mnist', results_page.load(str(results))['mnist'], '3')}
+  assert status['best MSGM UR ≤ 0.4%'][0] == 'missed (no usable model)'
+  assert 'damaged' in status['best MSGM UR ≤ 0.4%'][1]
+  assert status['best MSGM UR below Unseen (paired test)'][0] == 'met only by a damaged model'
+  assert status['FID vs D_g within 20% of Standard'][0] == 'missed'
