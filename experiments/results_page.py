@@ -5,7 +5,8 @@
 Reads ``<results>/<part>/*.json`` (one per finished stage: ``eval__<model>__<part>__<forget>__s<seed>.json``
 with its ``.nll.npz`` and ``.png``, ``relearn__…``, ``train__…``, ``classifier__<part>``) and writes the page:
 tables laid out like the paper's Tables 1 (from scratch) and 2 (fine-tuning Standard) with the paper's numbers
-beside ours, mean ± SE over seeds, paired comparisons against Unseen (``evaluation.compare``), the issue's
+beside ours, mean ± SE over seeds, paired comparisons against Unseen and against the paper's forms at their
+defaults (``evaluation.compare``), the issue's
 targets as met / missed / not measured yet, the relearning curves, sample grids and wall times. The text
 between ``<!-- reading -->`` and ``<!-- /reading -->`` of an existing page is kept: that is where the reading
 is written by hand. ``--workdir`` (optional) adds how many stages of each part's plan are still to run.
@@ -214,13 +215,30 @@ def paired_against(entry, forget, model, reference='unseen'):
   return rows, pooled
 
 
-def paired_table(entry, forget, models):
-  lines = ['| model vs Unseen | seed | UR % (Unseen → model) | p (Fisher) | NLL D_g diff | NLL D_f diff |',
+def default_of(model) -> Optional[str]:
+  """The paper's form at its defaults that an MSGM setting varies (``obtuse-ft`` → ``obtuse``; the ratio presets
+  extend Obtuse), or None for the defaults themselves and for models that are not MSGM settings."""
+  name = model[3:] if model.startswith('ve-') else model
+  if model not in MSGM or name in ('orthogonal', 'obtuse'):
+    return None
+  return 'orthogonal' if name.startswith('orthogonal') else 'obtuse'
+
+
+def paired_table(entry, forget, models, reference=None):
+  """Markdown rows of ``paired_against``: every model against Unseen (``reference=None``), or every MSGM setting
+  against the paper's form at its defaults that it varies (``reference='default'``)."""
+  label = 'Unseen' if reference is None else 'default'
+  lines = [f'| model vs {label} | seed | UR % ({label} → model) | p (Fisher) | NLL D_g diff | NLL D_f diff |',
            '|---|---|---|---|---|---|']
   for model in models:
-    if model in ('unseen', 've-unseen'):
+    if reference is None and model in ('unseen', 've-unseen'):
       continue
-    rows, pooled = paired_against(entry, forget, model)
+    ref = 'unseen' if reference is None else default_of(model)
+    if ref is None:
+      continue
+    rows, pooled = paired_against(entry, forget, model, ref)
+    if reference is not None:
+      model = f'{model} vs {ref}'
     for seed, r in rows:
       u, nll = r['unlearning_ratio'], r['nll']
 
@@ -234,7 +252,8 @@ def paired_table(entry, forget, models):
       lines.append(f'| {model} | pooled ({len(rows)} seeds) | {pooled["a"]:.2f} ({pooled["k_a"]}/{pooled["n_a"]}) → '
                    f'{pooled["b"]:.2f} ({pooled["k_b"]}/{pooled["n_b"]}) | {pooled["p"]:.3g} | | |')
   if len(lines) == 2:
-    return 'None yet: no model has been evaluated beside Unseen of the same seed.\n'
+    return f'None yet: no model has been evaluated beside {"Unseen" if reference is None else "its default"} ' \
+           'of the same seed.\n'
   return '\n'.join(lines) + '\n'
 
 
@@ -383,6 +402,10 @@ def page(results_dir, out_path, workdir=None, header=''):
       lines.append('Paired comparisons against Unseen of the same seed (`evaluation.compare`: Fisher\'s exact test '
                    'on the Unlearning Ratio counts, paired per-item NLL differences, model − Unseen):\n')
       lines.append(paired_table(entry, forget, models))
+      if any(default_of(m) for m in models):
+        lines.append('Paired comparisons of each MSGM setting against the paper\'s form at its defaults that it '
+                     'varies (same seed; model − default):\n')
+        lines.append(paired_table(entry, forget, models, reference='default'))
       lines.append('Targets (the best MSGM setting = the lowest mean UR among the MSGM rows whose FID against D_g '
                  'is within 20 % of Standard\'s):\n')
       lines.append('| target | status | measured |\n|---|---|---|')

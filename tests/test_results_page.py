@@ -87,3 +87,18 @@ def test_a_model_whose_samples_are_damaged_meets_no_target(tmp_path):
   assert 'damaged' in status['best MSGM UR ≤ 0.4%'][1]
   assert status['best MSGM UR below Unseen (paired test)'][0] == 'met only by a damaged model'
   assert status['FID vs D_g within 20% of Standard'][0] == 'missed'
+
+
+def test_a_setting_is_compared_with_the_default_it_varies(tmp_path):
+  results = _results(tmp_path)
+  folder = results / 'mnist'
+  _eval(folder, 'orthogonal-ft', 42, 1, 2.5, 7.0, fid=10.)           # UR 0.1 % against the default's 0.2 %
+  _eval(folder, 'mnist-best', 42, 5, 2.0, 2.5, fid=10.)              # an Obtuse preset: no Obtuse row, no pair
+  text = results_page.page(str(results), str(tmp_path / 'RESULTS.md'))
+  assert results_page.default_of('orthogonal-ft') == 'orthogonal'
+  assert results_page.default_of('ve-obtuse') is None and results_page.default_of('unseen') is None
+  assert results_page.default_of('mnist-best') == 'obtuse'
+  # orthogonal-ft − orthogonal per item: retain +0.1, forget +1.0 exactly (the same offsets on both)
+  assert '| orthogonal-ft vs orthogonal | 42 | 0.20 → 0.10 |' in text
+  assert '+0.100 ± 0.000' in text and '+1.000 ± 0.000' in text
+  assert 'mnist-best vs obtuse' not in text
