@@ -8,8 +8,10 @@ and 7), ``fashion`` (full Fashion-MNIST from Debian's package; forget Trouser, a
 (the 2-D toy at a few steps) and ``tiny-digits`` (scikit-learn's 8×8 digits, a DDPM++ of width 8, a few steps;
 no FID): the plan's machinery in seconds, for tests.
 
-The plan, per part (``experiments/stages.py``: each stage cached by a hash of its resolved config, so a rerun
-recomputes only what changed, and an interrupted stage resumes in its folder), in the order it runs:
+The plan, per part (``experiments/stages.py``: each stage cached by a hash of the config it reads —
+``train_key``, ``eval_key``, ``attack_key`` — so a rerun recomputes only what changed, and an interrupted
+stage resumes in its folder; paths in the records are relative to the part's folder, so a workdir can move),
+in the order it runs:
 
 * ``classifier/<part>``: the Unlearning-Ratio classifier (its test accuracy and SHA-256 are recorded; the
   page flags one under the issue's bar, 98 % MNIST, 90 % Fashion-MNIST);
@@ -98,13 +100,17 @@ PARTS = {
 }
 
 #: seconds per training step and per evaluation/attack of one stage on this 2-core CPU while another stage runs
-#: beside it (--jobs 2, one thread each), for the ETA. Measured on MNIST-5k: 3,000 steps of Standard or Unseen
-#: 750 s, of Obtuse 1,070 s (it also draws a forget batch); an evaluation at 1,000 samples with NLL, FID and the
-#: membership test 914 s; the attack 250-550 s (docs/unlearning.md's family section).
-SPEED = {'mnist': {'step': 0.3, 'start': 15., 'eval': 920., 'relearn': 450., 'classifier': 60.},
+#: beside it (--jobs 2, one thread each), for the ETA; ``STEP_FACTOR`` scales the step per task. Measured on
+#: MNIST-5k (seed 42): an evaluation at 1,000 samples with NLL, FID and the membership test 820-915 s; the
+#: attack 250-550 s (docs/unlearning.md's family section); the classifier 571 s.
+SPEED = {'mnist': {'step': 0.3, 'start': 15., 'eval': 920., 'relearn': 450., 'classifier': 570.},
          'fashion': {'step': 0.3, 'start': 60., 'eval': 1000., 'relearn': 450., 'classifier': 600.},
          'tiny': {'step': 0.005, 'start': 1., 'eval': 3., 'relearn': 3., 'classifier': 0.1},
          'tiny-digits': {'step': 0.05, 'start': 1., 'eval': 5., 'relearn': 5., 'classifier': 5.}}
+
+#: a training step's time relative to ``SPEED[...]['step']`` (measured on MNIST-5k, seed 42: Standard and
+#: Unseen 0.25 s, Orthogonal and Obtuse 0.3 s, the ratio preset, which also runs its reference model, 0.6 s).
+STEP_FACTOR = {'standard': 0.85, 'unseen': 0.85, 'reference': 2.}
 
 #: the best preset of each part (docs/unlearning.md), with the task it builds on.
 BEST = {'mnist': 'mnist-best', 'fashion': 'mnist-best', 'tiny': 'toy-ratio', 'tiny-digits': 'mnist-best'}
@@ -133,6 +139,44 @@ def config_key(config, drop=()):
 
 #: sections a training run does not read (evaluation settings): left out of training stages' hashes.
 EVAL_SECTIONS = ('eval', 'relearn', 'mia')
+#: the ``eval`` keys the relearning attack reads (the rest — NLL, FID, membership — only the evaluation).
+ATTACK_EVAL_KEYS = ('num_samples', 'batch_size', 'classifier', 'classifier_epochs', 'classifier_batch_size',
+                    'classifier_lr', 'begin_ckpt', 'end_ckpt')
+#: config sections of one method each beyond the section named after it (Obtuse's hole form trains a noisy
+#: classifier).
+OWN_SECTIONS = {'obtuse': ('noisy_classifier',)}
+
+
+def method_sections(config, task=None):
+  """The config sections that belong to one method of the family each (``sa``, ``vdu``, …), but not those of
+  ``task``: only that method's training reads them."""
+  import unlearning
+  out = []
+  for m in unlearning.registered():
+    if m.name == task:
+      continue
+    out += [name for name in (m.name,) + OWN_SECTIONS.get(m.name, ()) if name in config]
+  return tuple(out)
+
+
+def train_key(config, task):
+  """What a training stage's hash covers: the config without the evaluation's sections and without the other
+  methods' sections, so a change to one method's settings (or a new key of one) retrains that method only."""
+  return config_key(config, EVAL_SECTIONS + method_sections(config, task))
+
+
+def eval_key(config):
+  """What an evaluation's hash covers: the config without the attack's section and the methods' sections
+  (training settings an evaluation never reads)."""
+  return config_key(config, ('relearn',) + method_sections(config))
+
+
+def attack_key(config):
+  """What a relearning attack's hash covers: the config without the membership test and the methods'
+  sections, and of ``eval`` only what the attack reads (``ATTACK_EVAL_KEYS``)."""
+  key = config_key(config, ('mia',) + method_sections(config))
+  key['eval'] = {k: v for k, v in key['eval'].items() if k in ATTACK_EVAL_KEYS}
+  return key
 
 
 def classifier_key(config):
@@ -149,7 +193,18 @@ def from_key(key):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# What each kind of stage does
+# What each kind of stage does. Paths in a stage's outputs are relative to the plan's root (the parent of every
+# stage folder), so a workdir can be moved or used from another directory.
+
+
+def _relative(folder, path):
+  """``path`` relative to the plan's root (the parent of ``folder``)."""
+  return os.path.relpath(os.path.abspath(path), os.path.dirname(os.path.abspath(folder)))
+
+
+def at_root(root, path):
+  """A path from a stage's outputs, usable here (``root``: the plan's root)."""
+  return path if not path or os.path.isabs(path) else os.path.join(os.path.abspath(root), path)
 
 
 def run_classifier(stage, folder, inputs):
@@ -161,50 +216,51 @@ def run_classifier(stage, folder, inputs):
   if os.path.exists(path):
     os.remove(path)   # a run killed after writing it: train it again (cheap) rather than trust it half-checked
   meta = classifier.train_classifier(config, path, progress=False)
-  return {'path': path, 'test_accuracy': meta['test_accuracy'], 'sha256': meta['sha256']}
+  return {'path': _relative(folder, path), 'test_accuracy': meta['test_accuracy'], 'sha256': meta['sha256']}
 
 
 def run_train(stage, folder, inputs):
   import run_lib
   config = from_key(stage.key['config'])
+  root = os.path.dirname(os.path.abspath(folder))
   finetune = bool(stage.key.get('pretrained_from'))
   if finetune:
-    config.training.pretrained = inputs[stage.key['pretrained_from']]['checkpoint']
+    config.training.pretrained = at_root(root, inputs[stage.key['pretrained_from']]['checkpoint'])
   if stage.key.get('reference_from'):
-    config.unlearn.reference = inputs[stage.key['reference_from']]['checkpoint']
+    config.unlearn.reference = at_root(root, inputs[stage.key['reference_from']]['checkpoint'])
   clf = stage.key.get('classifier_from')
   if clf and inputs[clf]['path']:
-    config.eval.classifier = inputs[clf]['path']
+    config.eval.classifier = at_root(root, inputs[clf]['path'])
   run_lib.train(config, folder, stage.key['task'], finetune=finetune, progress=False)
   path, step = run_lib.latest_checkpoint(folder)
   stats = os.path.join(folder, 'train_stats.json')
-  return {'checkpoint': path, 'step': step, 'workdir': folder,
+  return {'checkpoint': _relative(folder, path), 'step': step, 'workdir': _relative(folder, folder),
           'train_stats': json.load(open(stats)) if os.path.exists(stats) else None}
 
 
-def _eval_config(stage, inputs):
+def _eval_config(stage, folder, inputs):
   config = from_key(stage.key['config'])
   clf = inputs[stage.key['classifier_from']]
-  config.eval.classifier = clf['path'] or ''
+  config.eval.classifier = at_root(os.path.dirname(os.path.abspath(folder)), clf['path'] or '')
   return config
 
 
 def run_eval(stage, folder, inputs):
   from evaluation import run as evaluation_run
-  config = _eval_config(stage, inputs)
-  run = inputs[stage.key['run_from']]
+  config = _eval_config(stage, folder, inputs)
+  run = at_root(os.path.dirname(os.path.abspath(folder)), inputs[stage.key['run_from']]['workdir'])
   # an absolute folder: evaluate() places eval_folder under the run's workdir when it is relative
-  results = evaluation_run.evaluate(config, run['workdir'], stage.key['task'], eval_folder=os.path.abspath(folder),
+  results = evaluation_run.evaluate(config, run, stage.key['task'], eval_folder=os.path.abspath(folder),
                                     progress=False)
-  return {'results': os.path.join(folder, 'results.json'), 'step': results['step']}
+  return {'results': _relative(folder, os.path.join(folder, 'results.json')), 'step': results['step']}
 
 
 def run_relearn(stage, folder, inputs):
   from evaluation import relearn
-  config = _eval_config(stage, inputs)
-  run = inputs[stage.key['run_from']]
-  relearn.run_relearn(config, run['workdir'], stage.key['task'], eval_folder=os.path.abspath(folder), progress=False)
-  return {'results': os.path.join(folder, relearn.RESULTS_FILENAME)}
+  config = _eval_config(stage, folder, inputs)
+  run = at_root(os.path.dirname(os.path.abspath(folder)), inputs[stage.key['run_from']]['workdir'])
+  relearn.run_relearn(config, run, stage.key['task'], eval_folder=os.path.abspath(folder), progress=False)
+  return {'results': _relative(folder, os.path.join(folder, relearn.RESULTS_FILENAME))}
 
 
 RUNNERS = {'classifier': run_classifier, 'train': run_train, 'eval': run_eval, 'relearn': run_relearn}
@@ -252,18 +308,20 @@ def build_plan(part_name, overrides=None, samples=1000):
       t = config.training
       t.n_iters, t.snapshot_freq = int(n_iters), int(n_iters)
       t.snapshot_freq_for_preemption = min(int(t.snapshot_freq_for_preemption), int(n_iters))
-    key = dict(config=config_key(config, EVAL_SECTIONS), task=task, **links)
+    key = dict(config=train_key(config, task), task=task, **links)
     deps = [v for v in links.values() if v]
+    factor = STEP_FACTOR['reference'] if links.get('reference_from') else STEP_FACTOR.get(task, 1.)
     stage = add(f'train/{name}', 'train', key, deps,
-                speed['step'] * int(config.training.n_iters) + speed['start'], rank)
+                factor * speed['step'] * int(config.training.n_iters) + speed['start'], rank)
     types[stage] = task
     return stage
 
   def evaluate(name, config, run, rank, attack_rank=None):
-    key = dict(config=config_key(config), task=types[run], run_from=run, classifier_from=clf)
-    add(f'eval/{name}', 'eval', key, (run, clf), speed['eval'], rank)
+    links = dict(task=types[run], run_from=run, classifier_from=clf)
+    add(f'eval/{name}', 'eval', dict(config=eval_key(config), **links), (run, clf), speed['eval'], rank)
     if attack_rank is not None:
-      add(f'relearn/{name}', 'relearn', key, (run, clf), speed['relearn'], attack_rank)
+      add(f'relearn/{name}', 'relearn', dict(config=attack_key(config), **links), (run, clf), speed['relearn'],
+          attack_rank)
 
   base = configured(part.config, part.forget_sets[0], part.seeds[0])
   clf = add(f'classifier/{part_name}', 'classifier', {'config': classifier_key(base)}, (), speed['classifier'],
@@ -349,22 +407,32 @@ def copy_result(root, stage, results_dir, part_name):
   stem = os.path.join(results_dir, part_name, stage.name.replace('/', '__'))
   body = record['outputs']
   os.makedirs(os.path.dirname(stem), exist_ok=True)
+  extras = {}
   if stage.kind in ('eval', 'relearn'):
-    with open(record['outputs']['results']) as f:
+    with open(at_root(root, record['outputs']['results'])) as f:
       body = json.load(f)
+    folder = os.path.dirname(at_root(root, record['outputs']['results']))
   if stage.kind == 'eval':
     from evaluation import nll_items
-    folder = os.path.dirname(record['outputs']['results'])
     extras = {nll_items.items_filename(body['step']): '.nll.npz', f'samples_{body["step"]}.png': '.png'}
-    for name, suffix in extras.items():
-      if os.path.isfile(os.path.join(folder, name)):
-        shutil.copyfile(os.path.join(folder, name), stem + suffix + '.tmp')
-        os.replace(stem + suffix + '.tmp', stem + suffix)
+  if stage.kind == 'relearn':
+    from evaluation import relearn
+    extras = {relearn.PLOT_FILENAME: '.png'}
+  for name, suffix in extras.items():
+    if os.path.isfile(os.path.join(folder, name)):
+      shutil.copyfile(os.path.join(folder, name), stem + suffix + '.tmp')
+      os.replace(stem + suffix + '.tmp', stem + suffix)
   if stage.kind == 'train':
     body = {k: v for k, v in body.items() if k != 'workdir'}
   body = dict(body, stage={'name': stage.name, 'hash': stage.hash, 'seconds': record['seconds']})
   utils.atomic_write_text(stem + '.json', json.dumps(body, indent=2, default=float))
   return 1
+
+
+def _names(plan, pattern):
+  """Whether the shell pattern ``pattern`` names a stage of ``plan``."""
+  import fnmatch
+  return any(fnmatch.fnmatchcase(s.name, pattern) for s in plan)
 
 
 def parse_sets(items):
@@ -401,12 +469,27 @@ def main(argv=None):
     for p in parts:
       if p not in PARTS:
         raise ValueError(f"unknown part '{p}'; valid: {', '.join(PARTS)}")
+    if args.samples < 1000 and not all(p.startswith('tiny') for p in parts):
+      raise ValueError(f'--samples {args.samples}: the Unlearning Ratio of the real-data parts is measured on at '
+                       'least 1,000 samples')
+    plans = {p: build_plan(p, overrides, args.samples) for p in parts}
+    if args.only:   # which part a pattern names: refuse one that names no stage before anything runs
+      patterns = [x.strip() for x in args.only.split(',') if x.strip()]
+      for pattern in patterns:
+        if not any(_names(plan, pattern) for plan in plans.values()):
+          raise ValueError(f'--only {pattern!r} names no stage of the plan of {", ".join(parts)}')
     for p in parts:
-      plan = stages.select(build_plan(p, overrides, args.samples), args.only)
-      root = os.path.join(args.workdir, p)
+      plan = plans[p]
+      if args.only:
+        patterns = [x for x in args.only.split(',') if x.strip() and _names(plan, x.strip())]
+        if not patterns:
+          continue
+        plan = stages.select(plan, ','.join(patterns))
+      root = os.path.abspath(os.path.join(args.workdir, p))
       if args.dry_run:
         print(stages.describe(root, plan, args.jobs))
         continue
+      copy_results(root, plan, args.results, p)   # what finished earlier, under the stages' current hashes
       start = time.time()
       ran = stages.run_plan(root, plan, progress=not args.noprogress,
                             log=lambda m: print(m, file=sys.stderr, flush=True),

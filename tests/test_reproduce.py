@@ -42,7 +42,7 @@ def test_tiny_grid_runs_once_then_recomputes_only_what_changed(tmp_path):
   root = str(tmp_path / 'tiny')
   ran = stages.run_plan(root, plan, progress=False, log=lambda m: None)
   assert ran == [s.name for s in plan]
-  with open(stages.record_of(root, plan[3])['outputs']['results']) as f:
+  with open(reproduce.at_root(root, stages.record_of(root, plan[3])['outputs']['results'])) as f:
     assert json.load(f)['nll_bpd']['forget']['n'] > 0
   assert stages.run_plan(root, plan, progress=False, log=lambda m: None) == []          # nothing to redo
   changed = stages.select(reproduce.build_plan('tiny', {'eval.bpd_num_samples': 30}), only)
@@ -189,9 +189,39 @@ def test_a_relative_workdir_keeps_each_evaluation_in_its_stage_folder(tmp_path, 
   assert [s.kind for s in plan[-2:]] == ['eval', 'relearn']
   for stage in plan[-2:]:
     record = stages.record_of('w/tiny', stage)
-    assert os.path.isfile(record['outputs']['results'])
-    assert os.path.samefile(os.path.dirname(record['outputs']['results']), stages.folder_of('w/tiny', stage))
+    path = reproduce.at_root('w/tiny', record['outputs']['results'])
+    assert os.path.isfile(path) and not os.path.isabs(record['outputs']['results'])
+    assert os.path.samefile(os.path.dirname(path), stages.folder_of('w/tiny', stage))
   assert (tmp_path / 'res' / 'tiny' / 'relearn__unseen__tiny__centre__s42.json').exists()
+  # the workdir moves and is used from elsewhere: nothing reruns, and a new stage finds its inputs
+  os.rename('w', 'moved')
+  (tmp_path / 'res' / 'tiny' / 'relearn__unseen__tiny__centre__s42.json').unlink()
+  monkeypatch.chdir('/')
+  moved = ['--workdir', str(tmp_path / 'moved'), '--part', 'tiny', '--results', str(tmp_path / 'res'), '--noprogress']
+  assert reproduce.main(moved + ['--only', only]) == 0
+  assert 'tiny: 0 stages ran' in capsys.readouterr().out
+  assert (tmp_path / 'res' / 'tiny' / 'relearn__unseen__tiny__centre__s42.json').exists()   # copied again
+  assert reproduce.main(moved + ['--only', 'eval/standard/*s42']) == 0
+  assert 'tiny: 2 stages ran' in capsys.readouterr().out       # Standard's training and evaluation, same classifier
+
+
+def test_a_stage_hash_covers_what_the_stage_reads_and_nothing_else():
+  def hashes(**overrides):
+    return {s.name: s.hash for s in reproduce.build_plan('tiny', overrides)}
+  base = hashes()
+  changed = lambda h: {n for n in base if h[n] != base[n]}   # noqa: E731
+  # the attack's steps: the attacks only
+  assert changed(hashes(**{'relearn.steps': '0,7'})) == {n for n in base if n.startswith('relearn/')}
+  # the NLL's items: the evaluations only, not the attacks (which read no NLL setting)
+  assert changed(hashes(**{'eval.bpd_num_samples': 9})) == {n for n in base if n.startswith('eval/')}
+  # one method's setting: that method's training and what follows from it
+  sa = changed(hashes(**{'sa.samples': 7}))
+  assert sa == {'train/sa-ft/tiny/centre/s42', 'eval/sa/tiny/centre/s42', 'relearn/sa/tiny/centre/s42'}
+  # Obtuse's noisy classifier: the Obtuse trainings (its forms and presets) only
+  hole = changed(hashes(**{'noisy_classifier.n_iters': 7}))
+  assert hole and all(n.split('/')[1] in ('obtuse', 'obtuse-ft', 'obtuse-official', 'toy-ratio') for n in hole)
+  # a training setting: every stage but the classifier
+  assert changed(hashes(**{'optim.lr': 1e-4})) == set(base) - {'classifier/tiny'}
 
 
 def test_a_failure_after_a_stage_still_records_the_stages_running_beside_it(tmp_path):

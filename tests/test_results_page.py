@@ -1,5 +1,5 @@
 """docs/RESULTS.md's generator on hand-made results: mean ± SE over seeds, the paper's numbers beside ours, the
-pooled paired test against Unseen, each target's status, and the hand-written reading kept."""
+tests against Unseen, each target's status, stale files left out, and the hand-written reading kept."""
 import json
 
 import numpy as np
@@ -52,11 +52,12 @@ def test_tables_targets_and_paired_test(tmp_path):
   assert 'test accuracy 99.00% (meets the bar of 98%)' in text
   assert cells[4] == '2.400 ± 0.000' and cells[5] == '3.92' and cells[7] == '13.23'
   std_row = next(line for line in text.splitlines() if line.startswith('| standard | 3 |'))
-  assert std_row.split('|')[-2].strip() == '10.0'          # train minutes from train_stats (600 s)
+  assert std_row.split('|')[-3].strip() == '10.0'          # train minutes from train_stats (600 s)
+  assert std_row.split('|')[-2].strip() == '1.0'           # evaluation minutes: the stage's 60 s
   status = {t: (s, m) for t, s, m in results_page.targets('mnist', results_page.load(str(results))['mnist'], '3')}
   assert status['best MSGM UR ≤ 0.4%'][0] == 'met'
-  assert status['best MSGM UR below Unseen (paired test)'][0] == 'met'          # 12/3000 against 60/3000
-  assert '0.40% vs 2.00%' in status['best MSGM UR below Unseen (paired test)'][1]
+  assert status[results_page.BELOW_UNSEEN][0] == 'met'          # 12/3000 against 60/3000
+  assert '0.40% vs 2.00%' in status[results_page.BELOW_UNSEEN][1]
   assert status['NLL D_f ≥ 3× Standard'][0] == 'met'                            # 6.0 / 2.0
   assert status['NLL D_g within 15% of Standard'][0] == 'missed'                # 2.4 / 2.0 = 1.2
   assert status['FID vs D_g within 20% of Standard'][0] == 'met'                  # 11 / 10
@@ -85,7 +86,7 @@ def test_a_model_whose_samples_are_damaged_meets_no_target(tmp_path):
   status = {t: (s, m) for t, s, m in results_page.targets('mnist', results_page.load(str(results))['mnist'], '3')}
   assert status['best MSGM UR ≤ 0.4%'][0] == 'missed (no usable model)'
   assert 'damaged' in status['best MSGM UR ≤ 0.4%'][1]
-  assert status['best MSGM UR below Unseen (paired test)'][0] == 'met only by a damaged model'
+  assert status[results_page.BELOW_UNSEEN][0] == 'met only by a damaged model'
   assert status['FID vs D_g within 20% of Standard'][0] == 'missed'
 
 
@@ -102,3 +103,57 @@ def test_a_setting_is_compared_with_the_default_it_varies(tmp_path):
   assert '| orthogonal-ft vs orthogonal | 42 | 0.20 → 0.10 |' in text
   assert '+0.100 ± 0.000' in text and '+1.000 ± 0.000' in text
   assert 'mnist-best vs obtuse' not in text
+
+
+def test_below_unseen_needs_every_seed_and_a_corrected_pooled_test(tmp_path):
+  results = _results(tmp_path)
+  folder = results / 'mnist'
+  for seed, k in zip((42, 43, 44), (5, 70, 5)):      # lower than Unseen (20) at 42 and 44, higher at 43
+    _eval(folder, 'obtuse', seed, k, 2.0, 2.0, fid=10.)
+  entry = results_page.load(str(results))['mnist']
+  assert results_page.best_msgm(entry, '3') == ('orthogonal', '', 2)      # two usable settings to choose among
+  rows, pooled = results_page.paired_against(entry, '3', 'orthogonal')
+  status = {t: (s, m) for t, s, m in results_page.targets('mnist', entry, '3')}
+  below = status[results_page.BELOW_UNSEEN]
+  assert below[0] == 'met' and f'× 2 setting(s): {2 * pooled["p"]:.3g}' in below[1]
+  # obtuse alone: pooled 80/3000 against 60/3000 and higher at one seed: missed
+  rows, pooled = results_page.paired_against(entry, '3', 'obtuse')
+  assert [r['unlearning_ratio']['b'] < r['unlearning_ratio']['a'] for _s, r in rows] == [True, False, True]
+
+
+def test_table_2_compares_each_row_with_standard_of_the_same_seed_and_stale_files_are_left_out(tmp_path):
+  results = _results(tmp_path)
+  folder = results / 'mnist'
+  _eval(folder, 'salun', 42, 0, 3.0, 3.0, fid=10.)
+  _eval(folder, 'standard', 43, 500, 9.0, 9.0, fid=10.)      # overwrites seed 43's Standard: far from seed 42's
+  text = results_page.page(str(results), str(tmp_path / 'RESULTS.md'))
+  table2 = text.split('Fine-tuning Standard')[1].split('Paired comparisons')[0]
+  assert 'seed 42, Standard of the same seed' in table2
+  assert '| standard | 1 | 11.00 |' in table2 and '| salun | 1 | 0.00 |' in table2
+  # a file whose hash is not the plan's is left out and named
+  current = {'mnist': {}}
+  for path in folder.glob('*.json'):
+    body = json.loads(path.read_text())
+    current['mnist'][body['stage']['name']] = body['stage'].get('hash')
+  current['mnist']['eval/salun/mnist/3/s42'] = 'another'
+  entry = results_page.load(str(results), current)['mnist']
+  assert ('salun', '3', 42) not in entry['eval'] and entry['stale'] == ['eval/salun/mnist/3/s42']
+
+
+def test_ve_rows_are_measured_against_ve_rows_and_a_missing_fid_is_said(tmp_path):
+  folder = tmp_path / 'results' / 'mnist'
+  folder.mkdir(parents=True)
+  _eval(folder, 've-standard', 42, 110, 2.0, 2.0)
+  _eval(folder, 've-unseen', 42, 20, 2.0, 2.5)
+  _eval(folder, 've-orthogonal', 42, 2, 2.2, 6.2)
+  _relearn(folder, 've-orthogonal', 5.)
+  _relearn(folder, 've-unseen', 50.)
+  _relearn(folder, 'unseen', 1.)                       # the VP Unseen's: not the reference of a VE row
+  entry = results_page.load(str(tmp_path / 'results'))['mnist']
+  best, note, _n = results_page.best_msgm(entry, '3')
+  assert best == 've-orthogonal' and note.startswith('FID not measured')
+  status = {t: (s, m) for t, s, m in results_page.targets('mnist', entry, '3')}
+  assert status["UR after the relearning attack below Unseen's"] == ('met', 've-orthogonal: 5.0% vs ve-unseen 50.0% '
+                                                                      'after 100 steps, k = 32')
+  assert status['NLL D_f ≥ 3× Standard'] == ('met', 've-orthogonal: 3.10× Standard')
+  assert status['best MSGM UR ≤ 0.4%'][0] == 'met'           # not "damaged": FID is simply not measured
