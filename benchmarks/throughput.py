@@ -26,10 +26,8 @@ is the FLOPs of one training step (forward + backward, counted by ``torch.utils.
 steps per second, over the device's bf16 matrix-multiply rate measured in the same job.
 """
 import argparse
-import contextlib
 import importlib
 import json
-import math
 import os
 import sys
 import time

@@ -14,7 +14,6 @@ resumes when it was interrupted; the tables (``evaluation.report``) are written 
 """
 import copy
 import os
-import shutil
 import sys
 import time
 

@@ -13,7 +13,6 @@ import argparse
 import copy
 import math
 
-import numpy as np
 import torch
 
 import datasets
