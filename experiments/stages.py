@@ -126,8 +126,7 @@ def run_plan(root, plan: Sequence[Stage], progress=True, log=print, on_done=None
   depends on is done (earliest in the plan first); ``stage.run`` must then be a module-level function. A stage
   that raises stops the plan: the running ones finish and are recorded, none starts, and the error is raised
   here. The ETA scales the remaining estimates by the ratio of measured to estimated time so far (of the
-  stages that took at least 5 % of their estimate: one resumed near its end is left out), divided by the
-  stages running at once."""
+  stages that started in a fresh folder: a resumed one is left out), divided by the stages running at once."""
   os.makedirs(root, exist_ok=True)
   outputs: Dict[str, dict] = {}
   for stage in plan:
@@ -135,6 +134,8 @@ def run_plan(root, plan: Sequence[Stage], progress=True, log=print, on_done=None
     if record is not None:
       outputs[stage.name] = record['outputs']
   todo = [s for s in plan if s.name not in outputs]
+  # a stage whose folder exists was interrupted before: it resumes, and its time says nothing about the speed
+  resumed = {s.name for s in todo if os.path.isdir(folder_of(root, s))}
   ran: List[str] = []
   timing = {'spent': 0., 'estimated': 0.}
   width = max(1, int(jobs))
@@ -158,7 +159,7 @@ def run_plan(root, plan: Sequence[Stage], progress=True, log=print, on_done=None
     ran.append(stage.name)
     if on_done is not None:
       on_done(stage)
-    if seconds >= 0.05 * stage.estimate:   # a stage resumed near its end says nothing about the speed
+    if stage.name not in resumed:
       timing['spent'] += seconds
       timing['estimated'] += stage.estimate
     bar.update(1)

@@ -234,3 +234,21 @@ def test_a_failure_after_a_stage_still_records_the_stages_running_beside_it(tmp_
   with pytest.raises(OSError, match='cannot copy'):
     stages.run_plan(root, plan, progress=False, log=lambda m: None, on_done=on_done, jobs=2)
   assert stages.record_of(root, plan[0])['outputs'] == {'slow': True}
+
+
+def _sleep(stage, folder, inputs):
+  time.sleep(stage.key['s'])
+  return {}
+
+
+def test_the_eta_learns_from_fresh_stages_only(tmp_path):
+  root = str(tmp_path)
+  plan = stages.resolve_hashes([stages.Stage(n, 'x', {'s': s}, _sleep, (), 3600.) for n, s in
+                                (('resumed', 0.), ('fresh', 0.4), ('last', 0.))])
+  os.makedirs(stages.folder_of(root, plan[0]))             # an earlier, interrupted run of 'resumed'
+  lines = []
+  stages.run_plan(root, plan, progress=False, log=lines.append)
+  left = [float(line.split('about ')[1].split(' h')[0]) for line in lines]
+  # before anything: 3 h of estimates; the resumed stage (0 s of its hour) teaches nothing, so 2 h are left;
+  # 'fresh' took 0.4 s of its hour, so the last stage's hour is scaled by 0.4 / 3600: 0.00 h
+  assert left == [3., 2., 0.]
