@@ -345,7 +345,8 @@ def targets(part, entry, forget):
     else:
       m = summary(entry, best, forget, 'ur')[0]
       status = 'missed (no usable model)' if damaged else ('met' if m <= goal + 1e-9 else 'missed')
-      out.append((f'best MSGM UR ≤ {goal}%', status, f'{best}: {m:.2f}%' + (f' ({note})' if note else '')))
+      shown = note.split(': ', 1)[1] if damaged else note
+      out.append((f'best MSGM UR ≤ {goal}%', status, f'{best}: {m:.2f}%' + (f' ({shown})' if shown else '')))
   if best is not None:
     rows, pooled = paired_against(entry, forget, best)
     if pooled is None:
