@@ -10,7 +10,7 @@ no FID): the plan's machinery in seconds, for tests.
 
 The plan, per part (``experiments/stages.py``: each stage cached by a hash of the config it reads —
 ``train_key``, ``eval_key``, ``attack_key`` — so a rerun recomputes only what changed, and an interrupted
-stage resumes in its folder; paths in the records are relative to the part's folder, so a workdir can move),
+stage resumes in its folder — a training from its last checkpoint, an evaluation from its NLLs and samples; paths in the records are relative to the part's folder, so a workdir can move),
 in the order it runs:
 
 * ``classifier/<part>``: the Unlearning-Ratio classifier (its test accuracy and SHA-256 are recorded; the
@@ -251,8 +251,9 @@ def run_eval(stage, folder, inputs):
   config = _eval_config(stage, folder, inputs)
   run = at_root(os.path.dirname(os.path.abspath(folder)), inputs[stage.key['run_from']]['workdir'])
   # an absolute folder: evaluate() places eval_folder under the run's workdir when it is relative
+  # resume: the stage's folder belongs to its config alone, so an interrupted evaluation's NLLs and samples count
   results = evaluation_run.evaluate(config, run, stage.key['task'], eval_folder=os.path.abspath(folder),
-                                    progress=False)
+                                    progress=False, resume=True)
   return {'results': _relative(folder, os.path.join(folder, 'results.json')), 'step': results['step']}
 
 

@@ -17,12 +17,15 @@ as in the official code, or the latest checkpoint when both are 0), with the EMA
 Everything the evaluation needs (checkpoints, classifier, FID network) is checked before anything is
 written. Results: ``W/<eval_folder>/results.json`` (the last checkpoint), ``results_<step>.json`` (each),
 ``results.md``, ``samples_<step>.png``, the per-item NLLs ``nll_items_<step>.npz`` (for ``evaluation.compare``)
-and TensorBoard scalars in ``W/<eval_folder>/tensorboard``.
+and TensorBoard scalars in ``W/<eval_folder>/tensorboard``. ``evaluate(..., resume=True)`` (the reproduction
+benchmark's stages) also keeps each checkpoint's samples in ``samples_<step>_all.pt`` until its results are
+written, so that an interrupted evaluation picks up its NLLs and samples.
 """
 import contextlib
 import json
 import os
 
+import numpy as np
 import torch
 from absl import logging
 
@@ -42,6 +45,7 @@ from evaluation import fid as fid_lib
 from evaluation import membership as membership_lib
 from evaluation import nll as nll_lib
 from evaluation import nll_items
+from evaluation.stats import mean_sem
 from evaluation import unlearning_ratio as ur_lib
 
 
@@ -199,10 +203,15 @@ def markdown(results):
   return '\n'.join(lines) + '\n'
 
 
-def evaluate(config, workdir, task='standard', eval_folder='eval', progress=True, keep_samples=False):
+def evaluate(config, workdir, task='standard', eval_folder='eval', progress=True, keep_samples=False,
+             resume=False):
   """Evaluates the run in ``workdir``; returns the results of the last checkpoint evaluated (a dict).
 
   ``keep_samples`` adds the samples tensor under ``'samples'`` of the returned dict (not written to JSON).
+  ``resume``: the eval folder belongs to this config alone (as a cached stage's folder does), so what an
+  interrupted evaluation of it left — a checkpoint's per-item NLLs, its samples (``samples_<step>_all.pt``,
+  written only under ``resume`` and removed once the results are) — is reused rather than computed again; a
+  part that does not match what is asked (item or sample counts, shape) or cannot be read is computed again.
 
   Under torchrun (a ``torch.distributed`` group) the processes split the sampling batches, the NLL batches and
   the FID features and gather all of them; the numbers are those of one process (to float rounding). Rank 0
@@ -251,7 +260,8 @@ def evaluate(config, workdir, task='standard', eval_folder='eval', progress=True
         held.enter_context(utils.FolderLock(out_dir, 'evaluation'))
         utils.remove_tmp_files([out_dir])
     results = _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features_fn, out_dir, device,
-                                    progress and main, keep_samples, downstream_tasks)
+                                    progress and main, keep_samples, downstream_tasks, resume=resume and not
+                                    runtime.world_size() > 1)
     ok = True
     return results
   finally:
@@ -260,8 +270,49 @@ def evaluate(config, workdir, task='standard', eval_folder='eval', progress=True
       utils.remove_if_unused(out_dir, created)
 
 
+def _earlier_nll(path, sizes):
+  """``dataset_nll``-like ``{part: {'bpd', 'nats', 'items_bpd', 'items_nats'}}`` from the per-item NLLs an
+  interrupted evaluation wrote to ``path``, or None when there are none or their counts are not ``sizes``
+  (``{part: n}``)."""
+  try:
+    items = nll_items.load_items(path)
+  except ValueError:
+    return None
+  if any(items[f'{part}_bpd'].shape != (n,) for part, n in sizes.items()):
+    return None
+  out = {}
+  for part in sizes:
+    bpd, nats = items[f'{part}_bpd'], items[f'{part}_nats']
+    if not (np.isfinite(bpd).all() and np.isfinite(nats).all()):
+      return None
+    out[part] = {'bpd': mean_sem(bpd).to_dict(), 'nats': mean_sem(nats).to_dict(), 'items_bpd': torch.from_numpy(bpd),
+                 'items_nats': torch.from_numpy(nats)}
+  return out
+
+
+def _samples_filename(step):
+  return f'samples_{int(step)}_all.pt'
+
+
+def _earlier_samples(path, num_samples, shape):
+  """``(samples, nfe)`` an interrupted evaluation saved at ``path`` (read without pickles), or None when there
+  are none, they cannot be read, or they are not ``num_samples`` finite items of ``shape``."""
+  if not os.path.isfile(path):
+    return None
+  try:
+    saved = torch.load(path, map_location='cpu', weights_only=True)
+    samples, nfe = saved['samples'], saved['nfe']
+  except Exception:   # noqa: BLE001 - a damaged cache file is computed again
+    return None
+  if not torch.is_tensor(samples) or tuple(samples.shape) != (int(num_samples),) + tuple(shape):
+    return None
+  if not torch.isfinite(samples).all():
+    return None
+  return samples, float(nfe) if torch.is_tensor(nfe) else nfe
+
+
 def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features_fn, out_dir, device, progress,
-                          keep_samples, downstream_tasks=None):
+                          keep_samples, downstream_tasks=None, resume=False):
   ev = config.eval
   sampling_on = bool(ev.enable_sampling or ev.enable_fid)
   main = run_lib.is_main_process()
@@ -289,18 +340,25 @@ def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features
                                                  solver=config.sampling.ode_solver,
                                                  max_nfe=config.sampling.get('ode_max_nfe', 0),
                                                  cuda_graph=config.sampling.get('cuda_graph', True))
-        nll = {}
-        for part in ('retain', 'forget'):
-          with _failure_names(path, f'the NLL of {"D_g" if part == "retain" else "D_f"}'):
-            nll[part] = nll_lib.dataset_nll(ll_fn, model, data.split(ev.bpd_dataset).part(part), scaler, inverse,
-                                            batch_size=ev.batch_size, seed=datasets.derive_seed(config.seed, 'bpd'),
-                                            num_repeats=ev.bpd_num_repeats, dequantize=data.is_image,
-                                            max_items=ev.bpd_num_samples, device=device, progress=progress,
-                                            desc=f'NLL {part}', shard=group)
-          bad = int((~torch.isfinite(nll[part]['items_nats'])).sum())
-          if bad:
-            raise EvaluationError(f'the NLL of {bad} {part} items is not finite under {path}: the model is broken '
-                                  '(a diverged run?); no NLL is reported')
+        split = data.split(ev.bpd_dataset)
+        sizes = {part: len(split.part(part)) if int(ev.bpd_num_samples) <= 0 else
+                 min(int(ev.bpd_num_samples), len(split.part(part))) for part in ('retain', 'forget')}
+        nll = _earlier_nll(os.path.join(out_dir, nll_items.items_filename(step)), sizes) if resume else None
+        if nll is not None:
+          logging.info('reusing the per-item NLLs of an interrupted evaluation (%s)', nll_items.items_filename(step))
+        else:
+          nll = {}
+          for part in ('retain', 'forget'):
+            with _failure_names(path, f'the NLL of {"D_g" if part == "retain" else "D_f"}'):
+              nll[part] = nll_lib.dataset_nll(ll_fn, model, split.part(part), scaler, inverse,
+                                              batch_size=ev.batch_size, seed=datasets.derive_seed(config.seed, 'bpd'),
+                                              num_repeats=ev.bpd_num_repeats, dequantize=data.is_image,
+                                              max_items=ev.bpd_num_samples, device=device, progress=progress,
+                                              desc=f'NLL {part}', shard=group)
+            bad = int((~torch.isfinite(nll[part]['items_nats'])).sum())
+            if bad:
+              raise EvaluationError(f'the NLL of {bad} {part} items is not finite under {path}: the model is '
+                                    'broken (a diverged run?); no NLL is reported')
         results['nll_bpd'] = {part: nll[part]['bpd'] for part in nll}
         if not data.is_image:
           results['nll_nats'] = {part: nll[part]['nats'] for part in nll}
@@ -310,9 +368,17 @@ def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features
         with _failure_names(path, 'the membership test'):
           results['membership'] = membership_lib.membership(config, model, sde, data, device)
       if sampling_on:
-        with _failure_names(path, 'sampling'):
-          samples, nfe = generate_samples(config, sde, model, data.shape, inverse, device, progress, shard=group,
-                                          class_names=data.class_names, one_step=one_step)
+        kept = os.path.join(out_dir, _samples_filename(step))
+        earlier = _earlier_samples(kept, ev.num_samples, data.shape) if resume else None
+        if earlier is not None:
+          logging.info('reusing the samples of an interrupted evaluation (%s)', _samples_filename(step))
+          samples, nfe = earlier[0].to(device), earlier[1]
+        else:
+          with _failure_names(path, 'sampling'):
+            samples, nfe = generate_samples(config, sde, model, data.shape, inverse, device, progress, shard=group,
+                                            class_names=data.class_names, one_step=one_step)
+          if resume:
+            utils.atomic_write(kept, lambda f: torch.save({'samples': samples.detach().cpu(), 'nfe': nfe}, f))
         non_finite = int((~torch.isfinite(samples.reshape(samples.shape[0], -1)).all(dim=1)).sum())
         if non_finite:
           raise EvaluationError(f'{non_finite} of {len(samples)} samples of {path} hold NaN or ±inf '
@@ -349,6 +415,8 @@ def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features
           results.update(downstream_tasks.run(model, sde, out_dir, step, checkpoint=path, progress=progress))
       if main:
         _write(results, out_dir, step, writer)
+        if resume and os.path.isfile(os.path.join(out_dir, _samples_filename(step))):
+          os.remove(os.path.join(out_dir, _samples_filename(step)))
   except Exception as e:
     run_lib.log_to_file(handler, str(e))
     raise

@@ -121,6 +121,43 @@ def test_samples_do_not_depend_on_the_batch_size(toy_run):
   torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_a_resumed_evaluation_reuses_what_an_interrupted_one_left_and_gets_the_same_results(toy_run, monkeypatch):
+  """``resume=True``: the per-item NLLs and the samples of an evaluation killed after them are reused (the
+  functions that compute them are not called again), and the results equal those of an evaluation in one go."""
+  config, workdir = toy_run
+  config = copy.deepcopy(config)
+  config.eval.enable_bpd = config.eval.enable_sampling = True
+  config.eval.enable_loss = False
+  whole = E.evaluate(config, workdir, 'obtuse', eval_folder='whole', progress=False)
+  out = os.path.join(workdir, 'cut')
+
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt('killed after sampling')
+  with monkeypatch.context() as m:
+    m.setattr(E.ur_lib, 'unlearning_ratio_of_samples', killed)
+    with pytest.raises(KeyboardInterrupt):
+      E.evaluate(config, workdir, 'obtuse', eval_folder='cut', progress=False, resume=True)
+  assert os.path.isfile(os.path.join(out, 'nll_items_30.npz')) and os.path.isfile(os.path.join(out, 'samples_30_all.pt'))
+  assert not os.path.exists(os.path.join(out, 'results.json'))
+
+  def again(*args, **kwargs):
+    raise AssertionError('computed again')
+  with monkeypatch.context() as m:
+    m.setattr(E.nll_lib, 'dataset_nll', again)
+    m.setattr(E, 'generate_samples', again)
+    resumed = E.evaluate(config, workdir, 'obtuse', eval_folder='cut', progress=False, resume=True)
+  for key in ('unlearning_ratio', 'nll_bpd', 'nll_nats'):
+    assert resumed[key] == whole[key], key
+  assert resumed['sampler']['nfe'] == whole['sampler']['nfe']
+  assert not os.path.exists(os.path.join(out, 'samples_30_all.pt'))     # removed once the results are written
+  # a damaged or mismatched leftover is computed again, not trusted
+  torch.save({'samples': torch.zeros(3, 2), 'nfe': 1}, os.path.join(out, 'samples_30_all.pt'))
+  with open(os.path.join(out, 'nll_items_30.npz'), 'wb') as f:
+    f.write(b'not a zip')
+  again = E.evaluate(config, workdir, 'obtuse', eval_folder='cut', progress=False, resume=True)
+  assert again['unlearning_ratio'] == whole['unlearning_ratio'] and again['nll_bpd'] == whole['nll_bpd']
+
+
 def test_missing_checkpoints_are_refused_and_nothing_is_written(tmp_path, toy_run):
   config = tiny_toy()
   with pytest.raises(E.EvaluationError, match='no checkpoint'):
