@@ -83,9 +83,9 @@ def load(results_dir, current=None) -> Dict[str, dict]:
     if bits[0] == 'eval':
       npz = path[:-len('.json')] + '.nll.npz'
       body['_items'] = nll_items.load_items(npz) if os.path.isfile(npz) else None
-      body['_png'] = os.path.relpath(path[:-len('.json')] + '.png', results_dir)
-      if not os.path.isfile(path[:-len('.json')] + '.png'):
-        body['_png'] = None
+    if bits[0] in ('eval', 'relearn'):   # its sample grid or its attack's curves
+      png = path[:-len('.json')] + '.png'
+      body['_png'] = os.path.relpath(png, results_dir) if os.path.isfile(png) else None
     entry[bits[0]][(model, forget, seed)] = body
   return parts
 
@@ -480,6 +480,11 @@ def page(results_dir, out_path, workdir=None, header=''):
       if rt:
         lines.append('Relearning attack (fine-tuning on k forget images; UR % after each step count):\n')
         lines.append(rt)
+        plots = [(m, s, b['_png']) for (m, f, s), b in sorted(entry['relearn'].items()) if f == forget and
+                 b.get('_png')]
+        if plots:
+          lines.append(' '.join(f'<img src="{rel}/{p}" width="240" title="attack on {m} s{s}">' for m, s, p in plots)
+                       + '\n')
       grids = [(m, s, entry['eval'][(m, forget, s)]['_png']) for m in models for s in seeds_of(entry, m, forget)[:1]
                if entry['eval'][(m, forget, s)].get('_png')]
       if grids:

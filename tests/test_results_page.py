@@ -67,6 +67,14 @@ def test_tables_targets_and_paired_test(tmp_path):
   assert 'pooled (3 seeds) | 2.00 (60/3000) → 0.40 (12/3000)' in text
 
 
+def test_the_attack_curves_are_shown(tmp_path):
+  results = _results(tmp_path)
+  (results / 'mnist' / 'relearn__unseen__mnist__3__s42.png').write_bytes(b'png')
+  text = results_page.page(str(results), str(tmp_path / 'RESULTS.md'))
+  assert '<img src="results/mnist/relearn__unseen__mnist__3__s42.png" width="240" title="attack on unseen s42">' in text
+  assert 'relearn__orthogonal__mnist__3__s42.png' not in text      # none was copied for it
+
+
 def test_the_reading_is_kept_and_a_missing_folder_is_one_line(tmp_path, capsys):
   results = _results(tmp_path)
   out = tmp_path / 'RESULTS.md'
