@@ -5,7 +5,8 @@
 reads ``W/<eval_folder>/results.json`` and the per-item NLLs ``nll_items_<step>.npz`` of both runs and
 prints, for D_g and D_f, the NLL of each run and the paired difference B − A (bits/dim; mean ± SEM over
 the items, with a two-sided normal p-value), and the Unlearning Ratios with Fisher's exact test on the
-forget-class counts; where both runs have them, the relearning attack (``relearn.json``: UR after the last
+forget-class counts and, where both results list their forget-class samples, McNemar's exact test paired by
+sample; where both runs have them, the relearning attack (``relearn.json``: UR after the last
 attack step per k, Fisher's test, and the mean UR over the attack) and the membership AUCs (difference ±
 the two DeLong SEs combined as if independent, conservative since the items are shared). Runs of any
 method compare. Refuses runs on different data sets, forget sets or test items.
@@ -86,7 +87,7 @@ def compare(run_a, run_b):
     ka, na, kb, nb = ua['num_forget'], ua['num_samples'], ub['num_forget'], ub['num_samples']
     p = scipy_stats.fisher_exact([[ka, na - ka], [kb, nb - kb]]).pvalue
     out['unlearning_ratio'] = {'a': ua['percent'], 'b': ub['percent'], 'k_a': ka, 'k_b': kb, 'n_a': na,
-                               'n_b': nb, 'p': float(p)}
+                               'n_b': nb, 'p': float(p), 'mcnemar': mcnemar(ua, ub)}
   out['relearning'] = _compare_relearning(ra.get('relearning'), rb.get('relearning'))
   ma, mb = ra.get('membership'), rb.get('membership')
   out['membership'] = None
@@ -96,6 +97,26 @@ def compare(run_a, run_b):
     out['membership'] = {'a': ma['auc'], 'b': mb['auc'], 'diff': diff, 'se': se,
                          'p': _normal_p(diff, se) if se else float('nan')}
   return out
+
+
+def mcnemar_p(only_a, only_b):
+  """Two-sided exact McNemar p-value: the discordant pairs split as ``only_a`` : ``only_b`` against 1 : 1."""
+  n = int(only_a) + int(only_b)
+  return 1. if n == 0 else float(scipy_stats.binomtest(int(only_a), n, 0.5).pvalue)
+
+
+def mcnemar(ua, ub):
+  """McNemar's exact test of two Unlearning Ratios paired by sample (sample i of A against sample i of B):
+  ``{'only_a', 'only_b', 'p'}`` — samples counted as forget-class ones by A only and by B only — or None when
+  either result lacks ``forget_samples``, holds non-finite samples or the counts differ. Pairs by position are
+  valid whatever the noise; they are informative when both drew sample i from the same noise (the same
+  ``config.seed`` and ``eval.batch_size``, as an evaluation of two runs of one seed does)."""
+  fa, fb = ua.get('forget_samples'), ub.get('forget_samples')
+  if fa is None or fb is None or ua['num_samples'] != ub['num_samples'] or ua.get('non_finite') or \
+     ub.get('non_finite'):
+    return None
+  a, b = set(fa), set(fb)
+  return {'only_a': len(a - b), 'only_b': len(b - a), 'p': mcnemar_p(len(a - b), len(b - a))}
 
 
 _ATTACK_KEYS = ('steps', 'lr', 'batch_size', 'num_samples', 'seed')
@@ -136,6 +157,10 @@ def markdown(result, name_a, name_b):
   if u:
     lines.append(f'| Unlearning Ratio % | {u["a"]:.2f} ({u["k_a"]}/{u["n_a"]}) | {u["b"]:.2f} ({u["k_b"]}/{u["n_b"]}) '
                  f'| {u["b"] - u["a"]:+.2f} | {u["p"]:.3g} (Fisher) |')
+    m = u.get('mcnemar')
+    if m:
+      lines.append(f'| Unlearning Ratio, paired by sample | forget-class in A only: {m["only_a"]} | in B only: '
+                   f'{m["only_b"]} | | {m["p"]:.3g} (McNemar) |')
   for r in result.get('relearning') or []:
     lines.append(f'| Relearn UR % after {r["step"]} steps, k = {r["k"]} | {r["a"]:.2f} ({r["k_a"]}/{r["n_a"]}) | '
                  f'{r["b"]:.2f} ({r["k_b"]}/{r["n_b"]}) | {r["b"] - r["a"]:+.2f} | {r["p"]:.3g} (Fisher) |')

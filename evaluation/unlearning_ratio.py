@@ -22,7 +22,9 @@ def unlearning_ratio(labels_pred: torch.Tensor, forget_indices: Sequence[int], n
   ``len(class_names)``, else inferred (max label + 1, or A). ``class_names`` default ``'0'..'K-1'``.
 
   Returns ``{'percent', 'ci95': [lo, hi] (percent), 'num_samples', 'num_forget', 'class_histogram':
-  {name: count}}``; for attributes the histogram counts the samples with each attribute present.
+  {name: count}, 'forget_samples': [indices]}``; for attributes the histogram counts the samples with each
+  attribute present. ``forget_samples``: the (sorted) positions of the samples counted as forgotten-class ones,
+  for a test paired by sample between two models (``evaluation.compare``: McNemar's).
   Raises ``ValueError`` for no samples, labels out of range, or forget indices out of range.
   """
   labels = torch.as_tensor(labels_pred).detach().cpu()
@@ -53,16 +55,19 @@ def unlearning_ratio(labels_pred: torch.Tensor, forget_indices: Sequence[int], n
       raise ValueError(f'predicted labels out of range 0..{num_classes - 1}: '
                        f'min {int(labels.min())}, max {int(labels.max())}')
     counts = torch.bincount(labels, minlength=num_classes)
-    hits = int(counts[forget].sum())
+    hit = torch.isin(labels, torch.tensor(forget))
+    hits = int(hit.sum())
   else:
     if labels.shape[1] != num_classes:
       raise ValueError(f'{labels.shape[1]} predicted attributes but {num_classes} attribute names')
     present = labels.bool()
     counts = present.sum(dim=0)
-    hits = int(present[:, forget].any(dim=1).sum())
+    hit = present[:, forget].any(dim=1)
+    hits = int(hit.sum())
   lo, hi = wilson_interval(hits, n, z)
   return {'percent': 100. * hits / n, 'ci95': [100. * lo, 100. * hi], 'num_samples': n, 'num_forget': hits,
-          'class_histogram': {name: int(c) for name, c in zip(names, counts.tolist())}}
+          'class_histogram': {name: int(c) for name, c in zip(names, counts.tolist())},
+          'forget_samples': hit.nonzero().flatten().tolist()}
 
 
 def unlearning_ratio_of_samples(samples: torch.Tensor, classifier, forget_indices: Sequence[int],
@@ -79,6 +84,8 @@ def unlearning_ratio_of_samples(samples: torch.Tensor, classifier, forget_indice
     raise ValueError(f'all {bad} samples hold NaN or ±inf: there is nothing to classify')
   labels = classifier.predict(samples[finite.to(samples.device)], batch_size)
   out = unlearning_ratio(labels, forget_indices, len(classifier.label_names), classifier.label_names, z)
+  positions = finite.cpu().nonzero().flatten()   # back to positions among all the samples
+  out['forget_samples'] = positions[out['forget_samples']].tolist()
   out['non_finite'] = bad
   return out
 

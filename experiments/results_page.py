@@ -213,7 +213,9 @@ def _run(body):
 
 def paired_against(entry, forget, model, reference='unseen'):
   """Per seed both share: ``evaluation.compare`` of ``reference`` (A) and ``model`` (B); and the UR test with the
-  counts pooled over those seeds (Fisher's exact test). ``([(seed, result)], pooled or None)``."""
+  counts pooled over those seeds (Fisher's exact test; and McNemar's on the discordant samples summed over the
+  seeds, ``pooled['mcnemar']``, when every seed's pair lists its forget-class samples — an exact test
+  stratified by seed). ``([(seed, result)], pooled or None)``."""
   rows, ka = [], [0, 0]
   kb = [0, 0]
   ve = 've-' if model.startswith('ve-') and not reference.startswith('ve-') else ''
@@ -235,7 +237,11 @@ def paired_against(entry, forget, model, reference='unseen'):
   if ka[1] and kb[1]:
     p = scipy_stats.fisher_exact([[ka[0], ka[1] - ka[0]], [kb[0], kb[1] - kb[0]]]).pvalue
     pooled = {'a': 100. * ka[0] / ka[1], 'b': 100. * kb[0] / kb[1], 'k_a': ka[0], 'n_a': ka[1], 'k_b': kb[0],
-              'n_b': kb[1], 'p': float(p)}
+              'n_b': kb[1], 'p': float(p), 'mcnemar': None}
+    pairs = [r['unlearning_ratio'].get('mcnemar') for _s, r in rows if r['unlearning_ratio']]
+    if pairs and all(pairs):
+      only_a, only_b = sum(m['only_a'] for m in pairs), sum(m['only_b'] for m in pairs)
+      pooled['mcnemar'] = {'only_a': only_a, 'only_b': only_b, 'p': compare_lib.mcnemar_p(only_a, only_b)}
   return rows, pooled
 
 
@@ -252,8 +258,8 @@ def paired_table(entry, forget, models, reference=None):
   """Markdown rows of ``paired_against``: every model against Unseen (``reference=None``), or every MSGM setting
   against the paper's form at its defaults that it varies (``reference='default'``)."""
   label = 'Unseen' if reference is None else 'default'
-  lines = [f'| model vs {label} | seed | UR % ({label} → model) | p (Fisher) | NLL D_g diff | NLL D_f diff |',
-           '|---|---|---|---|---|---|']
+  lines = [f'| model vs {label} | seed | UR % ({label} → model) | p (Fisher) | p (McNemar, by sample) | NLL D_g diff '
+           '| NLL D_f diff |', '|---|---|---|---|---|---|---|']
   for model in models:
     if reference is None and model in ('unseen', 've-unseen'):
       continue
@@ -271,10 +277,14 @@ def paired_table(entry, forget, models, reference=None):
         return '—' if not x else f'{x["diff"]:+.3f} ± {x["sem"]:.3f} (p {x["p"]:.2g})'
       ur = '—' if not u else f'{u["a"]:.2f} → {u["b"]:.2f}'
       p = '—' if not u else f'{u["p"]:.3g}'
-      lines.append(f'| {model} | {seed} | {ur} | {p} | {d("retain")} | {d("forget")} |')
+      m = (u or {}).get('mcnemar')
+      mc = '—' if not m else f'{m["p"]:.3g} ({m["only_a"]} : {m["only_b"]})'
+      lines.append(f'| {model} | {seed} | {ur} | {p} | {mc} | {d("retain")} | {d("forget")} |')
     if pooled and len(rows) > 1:
+      m = pooled['mcnemar']
+      mc = '—' if not m else f'{m["p"]:.3g} ({m["only_a"]} : {m["only_b"]})'
       lines.append(f'| {model} | pooled ({len(rows)} seeds) | {pooled["a"]:.2f} ({pooled["k_a"]}/{pooled["n_a"]}) → '
-                   f'{pooled["b"]:.2f} ({pooled["k_b"]}/{pooled["n_b"]}) | {pooled["p"]:.3g} | | |')
+                   f'{pooled["b"]:.2f} ({pooled["k_b"]}/{pooled["n_b"]}) | {pooled["p"]:.3g} | {mc} | | |')
   if len(lines) == 2:
     return f'None yet: no model has been evaluated beside {"Unseen" if reference is None else "its default"} ' \
            'of the same seed.\n'
@@ -329,10 +339,11 @@ def targets(part, entry, forget):
   ``missed``, ``not measured yet`` (``met only by a damaged model`` / ``missed (no usable model)`` when no
   MSGM setting keeps its samples). Every comparison uses the seeds both rows share.
 
-  "Below Unseen" is met when the best setting's UR is below Unseen's at every shared seed and Fisher's exact
-  test on the counts pooled over those seeds gives p < 0.05 after a Bonferroni correction over the settings
-  the best was chosen among. (The test treats the two models' samples as independent; their samples share
-  their starting noise, which makes it conservative.)"""
+  "Below Unseen" is met when the best setting's UR is below Unseen's at every shared seed and a test pooled
+  over those seeds gives p < 0.05 after a Bonferroni correction over the settings the best was chosen among:
+  McNemar's exact test on the samples paired by position (both models draw sample i from the same noise) when
+  every seed's results list their forget-class samples, else Fisher's exact test on the pooled counts (which
+  treats the samples as independent: conservative for samples that share their noise)."""
   out = []
   best, note, candidates = best_msgm(entry, forget)
   damaged = note.startswith('damaged:')
@@ -353,11 +364,12 @@ def targets(part, entry, forget):
       out.append((BELOW_UNSEEN, 'not measured yet', '—'))
     else:
       lower = sum(r['unlearning_ratio']['b'] < r['unlearning_ratio']['a'] for _s, r in rows)
-      p_adj = min(1., pooled['p'] * max(1, candidates))
+      test, p = ('McNemar', pooled['mcnemar']['p']) if pooled['mcnemar'] else ('Fisher', pooled['p'])
+      p_adj = min(1., p * max(1, candidates))
       ok = lower == len(rows) and pooled['b'] < pooled['a'] and p_adj < 0.05
       out.append((BELOW_UNSEEN, 'met' if ok else 'missed',
-                  f'{pooled["b"]:.2f}% vs {pooled["a"]:.2f}% over {len(rows)} seed(s), lower at {lower}; Fisher p '
-                  f'{pooled["p"]:.3g}, × {candidates} setting(s): {p_adj:.3g}'))
+                  f'{pooled["b"]:.2f}% vs {pooled["a"]:.2f}% over {len(rows)} seed(s), lower at {lower}; {test} p '
+                  f'{p:.3g}, × {candidates} setting(s): {p_adj:.3g}'))
 
     def ratio(name):
       b, s = summary(entry, best, forget, name)[0], summary(entry, std, forget, name, seeds)[0]
@@ -463,15 +475,18 @@ def page(results_dir, out_path, workdir=None, header=''):
         lines.append(table(part, entry, forget, ['standard'] + tuned if 'standard' in models else tuned,
                            seeds=set(seeds)))
       lines.append('Paired comparisons against Unseen of the same seed (`evaluation.compare`: Fisher\'s exact test '
-                   'on the Unlearning Ratio counts, paired per-item NLL differences, model − Unseen):\n')
+                   'on the Unlearning Ratio counts; McNemar\'s on the samples paired by their noise, with the '
+                   'samples counted as forgotten-class ones by Unseen only : by the model only, where both results '
+                   'list them; paired per-item NLL differences, model − Unseen):\n')
       lines.append(paired_table(entry, forget, models))
       if any(default_of(m) for m in models):
         lines.append('Paired comparisons of each MSGM setting against the paper\'s form at its defaults that it '
                      'varies (same seed; model − default):\n')
         lines.append(paired_table(entry, forget, models, reference='default'))
       lines.append('Targets (the best MSGM setting = the lowest mean UR among the MSGM rows whose FID against D_g '
-                   'is within 20 % of Standard\'s; "below Unseen": lower at every seed, and Fisher\'s exact test '
-                   'on the pooled counts, Bonferroni-corrected over the settings the best was chosen among, '
+                   'is within 20 % of Standard\'s; "below Unseen": lower at every seed, and a pooled exact test — '
+                   'McNemar\'s on samples paired by their noise where every seed lists its samples, else '
+                   'Fisher\'s on the counts — Bonferroni-corrected over the settings the best was chosen among, '
                    'p < 0.05):\n')
       lines.append('| target | status | measured |\n|---|---|---|')
       lines += [f'| {t} | {s} | {m} |' for t, s, m in targets(part, entry, forget)]

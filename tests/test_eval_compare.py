@@ -148,3 +148,18 @@ def test_runs_of_any_method_compare_with_their_relearning_and_membership(tmp_pat
   assert '| MIA AUC on D_f | 0.600 | 0.520 | -0.080 ± 0.050 (unpaired) |' in text
   attack(b, [0.4, 3.0], [2, 15], 0.52, 0.04, lr=1e-3)   # another attack: its curves are not compared
   assert C.compare(C.load_run(a), C.load_run(b))['relearning'] == []
+
+
+def test_mcnemar_pairs_the_samples_by_position():
+  from evaluation import compare as C
+  ua = {'percent': 5., 'num_samples': 100, 'num_forget': 5, 'forget_samples': [1, 2, 3, 4, 5]}
+  ub = {'percent': 1., 'num_samples': 100, 'num_forget': 1, 'forget_samples': [1]}
+  m = C.mcnemar(ua, ub)
+  # 4 discordant pairs, all one way: two-sided exact p = 2 * 0.5^4
+  assert m == {'only_a': 4, 'only_b': 0, 'p': pytest.approx(2 * 0.5 ** 4)}
+  # the same counts in other positions: 5 + 1 discordant pairs split 5 : 1, p = 2 * (1 + 6) / 2^6
+  moved = dict(ub, forget_samples=[50])
+  assert C.mcnemar(ua, moved)['p'] == pytest.approx(2 * 7 / 64)
+  assert C.mcnemar(ua, dict(ub, forget_samples=[1, 2, 3, 4, 5]))['p'] == 1.
+  assert C.mcnemar(ua, {k: v for k, v in ub.items() if k != 'forget_samples'}) is None
+  assert C.mcnemar(ua, dict(ub, num_samples=99)) is None

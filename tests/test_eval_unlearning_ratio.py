@@ -23,6 +23,14 @@ def test_counts_percent_interval_and_histogram():
   assert none['percent'] == 0. and none['ci95'][0] == 0. and 0 < none['ci95'][1] < 20
 
 
+def test_the_forgotten_class_samples_are_listed_by_position():
+  labels = torch.tensor([0, 3, 7, 3, 1, 7])
+  assert unlearning_ratio(labels, [3], num_classes=10)['forget_samples'] == [1, 3]
+  assert unlearning_ratio(labels, [7, 3], num_classes=10)['forget_samples'] == [1, 2, 3, 5]
+  pred = torch.tensor([[1, 0], [0, 1], [1, 1]], dtype=torch.bool)
+  assert unlearning_ratio(pred, [1], 2)['forget_samples'] == [1, 2]
+
+
 def test_attribute_labels_count_any_forget_attribute():
   pred = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 0]], dtype=torch.bool)
   ur = unlearning_ratio(pred, [0], class_names=['Bangs', 'Smiling', 'Male'])

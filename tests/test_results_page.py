@@ -3,14 +3,18 @@ tests against Unseen, each target's status, stale files left out, and the hand-w
 import json
 
 import numpy as np
+import pytest
 
 from experiments import results_page
 
 
-def _eval(folder, model, seed, k, nll_g, nll_f, n=1000, forget='3', fid=None):
+def _eval(folder, model, seed, k, nll_g, nll_f, n=1000, forget='3', fid=None, samples=None):
   stem = folder / f'eval__{model}__mnist__{forget}__s{seed}'
+  ur = {'percent': 100. * k / n, 'num_forget': k, 'num_samples': n}
+  if samples is not None:
+    ur['forget_samples'] = list(samples)
   body = {'dataset': 'MNIST5K', 'forget': ['3'], 'step': 3000, 'fid': None if fid is None else {'value': fid},
-          'unlearning_ratio': {'percent': 100. * k / n, 'num_forget': k, 'num_samples': n},
+          'unlearning_ratio': ur,
           'nll_bpd': {'retain': {'mean': nll_g, 'n': 4}, 'forget': {'mean': nll_f, 'n': 3}},
           'membership': {'auc': 0.5}, 'stage': {'name': f'eval/{model}/mnist/{forget}/s{seed}', 'seconds': 60.}}
   stem.with_suffix('.json').write_text(json.dumps(body))
@@ -165,3 +169,20 @@ def test_ve_rows_are_measured_against_ve_rows_and_a_missing_fid_is_said(tmp_path
                                                                       'after 100 steps, k = 32')
   assert status['NLL D_f ≥ 3× Standard'] == ('met', 've-orthogonal: 3.10× Standard')
   assert status['best MSGM UR ≤ 0.4%'][0] == 'met'           # not "damaged": FID is simply not measured
+
+
+def test_samples_paired_by_their_noise_are_tested_with_mcnemar_pooled_over_seeds(tmp_path):
+  results = _results(tmp_path)
+  folder = results / 'mnist'
+  for seed, k in zip((42, 43, 44), (2, 4, 6)):
+    # Unseen's 20 forget-class samples are 0..19; orthogonal's k are k of those: k concordant, 20 - k only Unseen's
+    _eval(folder, 'unseen', seed, 20, 2.0, 2.5, fid=10., samples=range(20))
+    _eval(folder, 'orthogonal', seed, k, 2.4, 6.0, fid=11., samples=range(k))
+  entry = results_page.load(str(results))['mnist']
+  rows, pooled = results_page.paired_against(entry, '3', 'orthogonal')
+  assert [r['unlearning_ratio']['mcnemar']['only_a'] for _s, r in rows] == [18, 16, 14]
+  assert pooled['mcnemar'] == {'only_a': 48, 'only_b': 0, 'p': pytest.approx(2 * 0.5 ** 48)}
+  status = {t: (s, m) for t, s, m in results_page.targets('mnist', entry, '3')}
+  assert status[results_page.BELOW_UNSEEN][0] == 'met' and 'McNemar p' in status[results_page.BELOW_UNSEEN][1]
+  text = results_page.page(str(results), str(tmp_path / 'RESULTS.md'))
+  assert '| orthogonal | 42 | 2.00 → 0.20 |' in text and '(18 : 0)' in text and '(48 : 0)' in text
