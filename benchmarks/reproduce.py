@@ -148,13 +148,27 @@ ATTACK_EVAL_KEYS = ('num_samples', 'batch_size', 'classifier', 'classifier_epoch
 OWN_SECTIONS = {'obtuse': ('noisy_classifier',)}
 
 
+#: the ``eval`` keys a method's training reads (Selective Amnesia and VDU draw their pool of generated samples
+#: in batches of ``eval.batch_size``, each batch's sampler noise seeded by its start).
+TRAIN_EVAL_KEYS = {'sa': ('batch_size',), 'vdu': ('batch_size',)}
+
+
+def methods_read(config, task):
+  """The methods whose config sections ``task``'s training reads: itself, and for SalUn its base method."""
+  out = {task}
+  if task == 'salun':
+    out.add(str(config.salun.base))
+  return out
+
+
 def method_sections(config, task=None):
-  """The config sections that belong to one method of the family each (``sa``, ``vdu``, …), but not those of
-  ``task``: only that method's training reads them."""
+  """The config sections that belong to one method of the family each (``sa``, ``vdu``, …), but not those
+  ``task``'s training reads (``methods_read``)."""
   import unlearning
+  keep = methods_read(config, task) if task else set()
   out = []
   for m in unlearning.registered():
-    if m.name == task:
+    if m.name in keep:
       continue
     out += [name for name in (m.name,) + OWN_SECTIONS.get(m.name, ()) if name in config]
   return tuple(out)
@@ -163,7 +177,11 @@ def method_sections(config, task=None):
 def train_key(config, task):
   """What a training stage's hash covers: the config without the evaluation's sections and without the other
   methods' sections, so a change to one method's settings (or a new key of one) retrains that method only."""
-  return config_key(config, EVAL_SECTIONS + method_sections(config, task))
+  key = config_key(config, EVAL_SECTIONS + method_sections(config, task))
+  read = sorted({k for m in methods_read(config, task) for k in TRAIN_EVAL_KEYS.get(m, ())})
+  if read:
+    key['eval'] = {k: config_key(config)['eval'][k] for k in read}
+  return key
 
 
 def eval_key(config):
@@ -297,6 +315,8 @@ def build_plan(part_name, overrides=None, samples=1000):
 
   def configured(module, forget, seed, extra=None):
     config = load_config(module, dict(overrides, **(extra or {})))
+    if config.eval.enable_loss:   # it would need each method's training settings in the evaluation's hash
+      raise ValueError('eval.enable_loss is not part of the benchmark\'s evaluation')
     config.seed = int(seed)
     config.unlearn.forget = forget
     if not part_name.startswith('tiny'):
@@ -382,6 +402,29 @@ def build_plan(part_name, overrides=None, samples=1000):
           evaluate(f'{name}/{tag}', cfg(), run, (group, j), (FAMILY_ATTACK, j) if j == 0 else None)
   plan.sort(key=lambda s: order[s.name])
   return stages.resolve_hashes(plan)
+
+
+PLAN_FILE = 'plan.json'
+
+
+def write_plan_settings(results_dir, part_name, overrides, samples):
+  """``results_dir/<part>/plan.json``: the ``--set`` overrides and ``--samples`` of the run, so that the
+  results page rebuilds the same plan (to tell current result files from stale ones)."""
+  if not results_dir:
+    return
+  os.makedirs(os.path.join(results_dir, part_name), exist_ok=True)
+  utils.atomic_write_text(os.path.join(results_dir, part_name, PLAN_FILE),
+                          json.dumps({'overrides': overrides, 'samples': int(samples)}, indent=2, default=str))
+
+
+def read_plan_settings(results_dir, part_name):
+  """``(overrides, samples)`` of ``write_plan_settings`` (the defaults when there is no such file)."""
+  path = os.path.join(results_dir, part_name, PLAN_FILE)
+  if not os.path.isfile(path):
+    return {}, 1000
+  with open(path) as f:
+    body = json.load(f)
+  return dict(body.get('overrides') or {}), int(body.get('samples', 1000))
 
 
 def copy_results(root, plan, results_dir, part_name):
@@ -491,6 +534,7 @@ def main(argv=None):
       if args.dry_run:
         print(stages.describe(root, plan, args.jobs))
         continue
+      write_plan_settings(args.results, p, overrides, args.samples)
       copy_results(root, plan, args.results, p)   # what finished earlier, under the stages' current hashes
       start = time.time()
       ran = stages.run_plan(root, plan, progress=not args.noprogress,

@@ -270,20 +270,35 @@ def evaluate(config, workdir, task='standard', eval_folder='eval', progress=True
       utils.remove_if_unused(out_dir, created)
 
 
-def _earlier_nll(path, sizes):
+def resume_tag(config, checkpoint):
+  """What an interrupted evaluation's leftovers must match to be reused: a digest of the whole config and of
+  the checkpoint file's identity (path, size, modification time), so a retrained checkpoint or another setting
+  computes them again."""
+  import hashlib
+  st = os.stat(checkpoint)
+  text = json.dumps([utils.config_to_json(config), os.path.abspath(checkpoint), st.st_size, st.st_mtime_ns])
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _tag_path(out_dir, step):
+  return os.path.join(out_dir, f'resume_{int(step)}.tag')
+
+
+def _earlier_nll(path, sizes, tag, tag_path):
   """``dataset_nll``-like ``{part: {'bpd', 'nats', 'items_bpd', 'items_nats'}}`` from the per-item NLLs an
-  interrupted evaluation wrote to ``path``, or None when there are none or their counts are not ``sizes``
-  (``{part: n}``)."""
+  interrupted evaluation with the same ``tag`` wrote to ``path``, or None when there are none, they carry
+  another tag, or their counts are not ``sizes`` (``{part: n}``)."""
   try:
+    with open(tag_path) as f:
+      if f.read().strip() != tag:
+        return None
     items = nll_items.load_items(path)
-  except ValueError:
-    return None
-  if any(items[f'{part}_bpd'].shape != (n,) for part, n in sizes.items()):
+  except (OSError, ValueError):
     return None
   out = {}
-  for part in sizes:
+  for part, n in sizes.items():
     bpd, nats = items[f'{part}_bpd'], items[f'{part}_nats']
-    if not (np.isfinite(bpd).all() and np.isfinite(nats).all()):
+    if bpd.shape != (n,) or nats.shape != (n,) or not (np.isfinite(bpd).all() and np.isfinite(nats).all()):
       return None
     out[part] = {'bpd': mean_sem(bpd).to_dict(), 'nats': mean_sem(nats).to_dict(), 'items_bpd': torch.from_numpy(bpd),
                  'items_nats': torch.from_numpy(nats)}
@@ -294,14 +309,17 @@ def _samples_filename(step):
   return f'samples_{int(step)}_all.pt'
 
 
-def _earlier_samples(path, num_samples, shape):
-  """``(samples, nfe)`` an interrupted evaluation saved at ``path`` (read without pickles), or None when there
-  are none, they cannot be read, or they are not ``num_samples`` finite items of ``shape``."""
+def _earlier_samples(path, num_samples, shape, tag):
+  """``(samples, nfe)`` an interrupted evaluation with the same ``tag`` saved at ``path`` (read without
+  pickles), or None when there are none, they cannot be read, carry another tag, or are not ``num_samples``
+  finite items of ``shape``."""
   if not os.path.isfile(path):
     return None
   try:
     saved = torch.load(path, map_location='cpu', weights_only=True)
     samples, nfe = saved['samples'], saved['nfe']
+    if saved.get('tag') != tag:
+      return None
   except Exception:   # noqa: BLE001 - a damaged cache file is computed again
     return None
   if not torch.is_tensor(samples) or tuple(samples.shape) != (int(num_samples),) + tuple(shape):
@@ -309,6 +327,14 @@ def _earlier_samples(path, num_samples, shape):
   if not torch.isfinite(samples).all():
     return None
   return samples, float(nfe) if torch.is_tensor(nfe) else nfe
+
+
+def _keep(path, write):
+  """Writes a resume leftover; a failure (a full disk) is a warning, not the end of the evaluation."""
+  try:
+    utils.atomic_write(path, write)
+  except (utils.WriteError, OSError) as e:
+    logging.warning('could not keep %s for a resumed evaluation: %s', path, e)
 
 
 def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features_fn, out_dir, device, progress,
@@ -326,6 +352,7 @@ def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features
     for path, step in ckpts:
       logging.info('evaluating %s (step %d)', path, step)
       model, state = run_lib.load_ema_model(config, path, device)
+      tag = resume_tag(config, path) if resume else None
       one_step = state.get('generator')
       if one_step is not None:
         _check_one_step(config, path, downstream_tasks)
@@ -343,7 +370,8 @@ def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features
         split = data.split(ev.bpd_dataset)
         sizes = {part: len(split.part(part)) if int(ev.bpd_num_samples) <= 0 else
                  min(int(ev.bpd_num_samples), len(split.part(part))) for part in ('retain', 'forget')}
-        nll = _earlier_nll(os.path.join(out_dir, nll_items.items_filename(step)), sizes) if resume else None
+        nll = _earlier_nll(os.path.join(out_dir, nll_items.items_filename(step)), sizes, tag,
+                           _tag_path(out_dir, step)) if resume else None
         if nll is not None:
           logging.info('reusing the per-item NLLs of an interrupted evaluation (%s)', nll_items.items_filename(step))
         else:
@@ -364,21 +392,23 @@ def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features
           results['nll_nats'] = {part: nll[part]['nats'] for part in nll}
         if main:
           nll_items.save_items(os.path.join(out_dir, nll_items.items_filename(step)), nll)
+          if resume:
+            _keep(_tag_path(out_dir, step), lambda f: f.write(tag.encode()))
       if ev.enable_mia and main:
         with _failure_names(path, 'the membership test'):
           results['membership'] = membership_lib.membership(config, model, sde, data, device)
       if sampling_on:
         kept = os.path.join(out_dir, _samples_filename(step))
-        earlier = _earlier_samples(kept, ev.num_samples, data.shape) if resume else None
+        earlier = _earlier_samples(kept, ev.num_samples, data.shape, tag) if resume else None
         if earlier is not None:
           logging.info('reusing the samples of an interrupted evaluation (%s)', _samples_filename(step))
-          samples, nfe = earlier[0].to(device), earlier[1]
+          samples, nfe = earlier
         else:
           with _failure_names(path, 'sampling'):
             samples, nfe = generate_samples(config, sde, model, data.shape, inverse, device, progress, shard=group,
                                             class_names=data.class_names, one_step=one_step)
           if resume:
-            utils.atomic_write(kept, lambda f: torch.save({'samples': samples.detach().cpu(), 'nfe': nfe}, f))
+            _keep(kept, lambda f: torch.save({'samples': samples.detach().cpu(), 'nfe': nfe, 'tag': tag}, f))
         non_finite = int((~torch.isfinite(samples.reshape(samples.shape[0], -1)).all(dim=1)).sum())
         if non_finite:
           raise EvaluationError(f'{non_finite} of {len(samples)} samples of {path} hold NaN or ±inf '
@@ -415,8 +445,9 @@ def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features
           results.update(downstream_tasks.run(model, sde, out_dir, step, checkpoint=path, progress=progress))
       if main:
         _write(results, out_dir, step, writer)
-        if resume and os.path.isfile(os.path.join(out_dir, _samples_filename(step))):
-          os.remove(os.path.join(out_dir, _samples_filename(step)))
+        for leftover in (_samples_filename(step), os.path.basename(_tag_path(out_dir, step))):
+          if os.path.isfile(os.path.join(out_dir, leftover)):
+            os.remove(os.path.join(out_dir, leftover))
   except Exception as e:
     run_lib.log_to_file(handler, str(e))
     raise

@@ -65,6 +65,8 @@ def load(results_dir, current=None) -> Dict[str, dict]:
   parts: Dict[str, dict] = {}
   for path in sorted(glob.glob(os.path.join(results_dir, '*', '*.json'))):
     part = os.path.basename(os.path.dirname(path))
+    if os.path.basename(path) == 'plan.json':   # the benchmark's settings (benchmarks/reproduce.py)
+      continue
     with open(path) as f:
       body = json.load(f)
     name = body.get('stage', {}).get('name', '')
@@ -363,6 +365,7 @@ def targets(part, entry, forget):
     if pooled is None:
       out.append((BELOW_UNSEEN, 'not measured yet', '—'))
     else:
+      rows = [(seed, r) for seed, r in rows if r['unlearning_ratio']]
       lower = sum(r['unlearning_ratio']['b'] < r['unlearning_ratio']['a'] for _s, r in rows)
       test, p = ('McNemar', pooled['mcnemar']['p']) if pooled['mcnemar'] else ('Fisher', pooled['p'])
       p_adj = min(1., p * max(1, candidates))
@@ -412,23 +415,26 @@ def kept_reading(out_path):
   return 'No reading yet: it is written once the tables are complete.'
 
 
-def plan_of(part):
-  """The benchmark's plan of ``part`` at its defaults (None for a part it does not know)."""
+def plan_of(part, results_dir=None):
+  """The benchmark's plan of ``part`` with the settings it last ran with (``plan.json`` in the part's results
+  folder; its defaults without one), or None for a part it does not know."""
   from benchmarks import reproduce
-  return reproduce.build_plan(part) if part in reproduce.PARTS else None
+  if part not in reproduce.PARTS:
+    return None
+  overrides, samples = reproduce.read_plan_settings(results_dir, part) if results_dir else ({}, 1000)
+  return reproduce.build_plan(part, overrides, samples)
 
 
-def pending(workdir, part) -> Optional[str]:
-  """'N of M stages done' of the part's plan (at the benchmark's defaults) in ``workdir`` (None without a
-  workdir)."""
-  plan = plan_of(part) if workdir else None
+def pending(workdir, part, results_dir=None) -> Optional[str]:
+  """'N of M stages done' of the part's plan (``plan_of``) in ``workdir`` (None without a workdir)."""
+  plan = plan_of(part, results_dir) if workdir else None
   if plan is None:
     return None
   from experiments import stages
   root = os.path.join(workdir, part)
   done = sum(stages.record_of(root, s) is not None for s in plan)
   left = sum(s.estimate for s in plan if stages.record_of(root, s) is None)
-  return (f'{done} of {len(plan)} stages done (at the benchmark\'s defaults); the rest is estimated at '
+  return (f'{done} of {len(plan)} stages done; the rest is estimated at '
           f'{left / 3600:.1f} h of stage time, to be divided among the stages run at once')
 
 
@@ -437,14 +443,14 @@ def page(results_dir, out_path, workdir=None, header=''):
   current = None
   if workdir:   # leave out results of stages whose config has changed since they ran
     names = [os.path.basename(os.path.dirname(p)) for p in glob.glob(os.path.join(results_dir, '*', '*.json'))]
-    plans = {part: plan_of(part) for part in set(names)}
+    plans = {part: plan_of(part, results_dir) for part in set(names)}
     current = {part: {s.name: s.hash for s in plan} for part, plan in plans.items() if plan is not None}
   parts = load(results_dir, current)
   rel = os.path.relpath(results_dir, os.path.dirname(os.path.abspath(out_path)) or '.')
   lines: List[str] = [header.strip() + '\n'] if header else []
   for part, entry in parts.items():
     lines.append(f'## {part}\n')
-    status = pending(workdir, part)
+    status = pending(workdir, part, results_dir)
     if status:
       lines.append(f'Plan: {status}.\n')
     if entry['stale']:

@@ -139,6 +139,22 @@ def test_a_resumed_evaluation_reuses_what_an_interrupted_one_left_and_gets_the_s
       E.evaluate(config, workdir, 'obtuse', eval_folder='cut', progress=False, resume=True)
   assert os.path.isfile(os.path.join(out, 'nll_items_30.npz')) and os.path.isfile(os.path.join(out, 'samples_30_all.pt'))
   assert not os.path.exists(os.path.join(out, 'results.json'))
+  # leftovers of another config (any key) are not reused
+  other = copy.deepcopy(config)
+  other.mia.num_draws = int(config.mia.num_draws) + 1
+  calls = []
+  real_nll, real_samples = E.nll_lib.dataset_nll, E.generate_samples
+  with monkeypatch.context() as m:
+    m.setattr(E.nll_lib, 'dataset_nll', lambda *a, **k: calls.append('nll') or real_nll(*a, **k))
+    m.setattr(E, 'generate_samples', lambda *a, **k: calls.append('samples') or real_samples(*a, **k))
+    m.setattr(E.ur_lib, 'unlearning_ratio_of_samples', killed)
+    with pytest.raises(KeyboardInterrupt):
+      E.evaluate(other, workdir, 'obtuse', eval_folder='cut', progress=False, resume=True)
+  assert calls == ['nll', 'nll', 'samples']
+  with monkeypatch.context() as m:   # the original config again: its leftovers were overwritten, so compute once more
+    m.setattr(E.ur_lib, 'unlearning_ratio_of_samples', killed)
+    with pytest.raises(KeyboardInterrupt):
+      E.evaluate(config, workdir, 'obtuse', eval_folder='cut', progress=False, resume=True)
 
   def again(*args, **kwargs):
     raise AssertionError('computed again')
@@ -150,6 +166,7 @@ def test_a_resumed_evaluation_reuses_what_an_interrupted_one_left_and_gets_the_s
     assert resumed[key] == whole[key], key
   assert resumed['sampler']['nfe'] == whole['sampler']['nfe']
   assert not os.path.exists(os.path.join(out, 'samples_30_all.pt'))     # removed once the results are written
+  assert not os.path.exists(os.path.join(out, 'resume_30.tag'))
   # a damaged or mismatched leftover is computed again, not trusted
   torch.save({'samples': torch.zeros(3, 2), 'nfe': 1}, os.path.join(out, 'samples_30_all.pt'))
   with open(os.path.join(out, 'nll_items_30.npz'), 'wb') as f:

@@ -222,6 +222,18 @@ def test_a_stage_hash_covers_what_the_stage_reads_and_nothing_else():
   assert hole and all(n.split('/')[1] in ('obtuse', 'obtuse-ft', 'obtuse-official', 'toy-ratio') for n in hole)
   # a training setting: every stage but the classifier
   assert changed(hashes(**{'optim.lr': 1e-4})) == set(base) - {'classifier/tiny'}
+  # NegGrad's setting: NegGrad, and SalUn, whose default objective inside its mask is NegGrad's
+  neg = changed(hashes(**{'neggrad.alpha': 0.3}))
+  assert {n.split('/')[1] for n in neg} == {'neggrad-ft', 'neggrad', 'salun-ft', 'salun'}
+  salun = next(s for s in reproduce.build_plan('tiny', {'neggrad.alpha': 0.3}) if s.name.startswith('train/salun'))
+  assert reproduce.from_key(salun.key['config']).neggrad.alpha == 0.3      # and it reaches the training
+  # the batch size of the samples Selective Amnesia and VDU draw from the starting model
+  batch = changed(hashes(**{'eval.batch_size': 50}))
+  assert {n.split('/')[1] for n in batch if n.startswith('train/')} == {'sa-ft', 'vdu-ft'}
+  sa = next(s for s in reproduce.build_plan('tiny', {'eval.batch_size': 50}) if s.name.startswith('train/sa-ft'))
+  assert reproduce.from_key(sa.key['config']).eval.batch_size == 50
+  with pytest.raises(ValueError, match='enable_loss'):
+    reproduce.build_plan('tiny', {'eval.enable_loss': True})
 
 
 def test_a_failure_after_a_stage_still_records_the_stages_running_beside_it(tmp_path):
@@ -252,3 +264,17 @@ def test_the_eta_learns_from_fresh_stages_only(tmp_path):
   # before anything: 3 h of estimates; the resumed stage (0 s of its hour) teaches nothing, so 2 h are left;
   # 'fresh' took 0.4 s of its hour, so the last stage's hour is scaled by 0.4 / 3600: 0.00 h
   assert left == [3., 2., 0.]
+
+
+def test_the_results_page_rebuilds_the_plan_with_the_settings_it_ran_with(tmp_path, capsys):
+  from experiments import results_page
+  args = ['--workdir', str(tmp_path / 'w'), '--part', 'tiny', '--only', 'eval/unseen/*s42', '--results',
+          str(tmp_path / 'res'), '--noprogress', '--set', 'eval.bpd_num_samples=30']
+  assert reproduce.main(args) == 0
+  assert json.loads((tmp_path / 'res' / 'tiny' / 'plan.json').read_text())['overrides'] == {'eval.bpd_num_samples': 30}
+  text = results_page.page(str(tmp_path / 'res'), str(tmp_path / 'RESULTS.md'), workdir=str(tmp_path / 'w'))
+  assert '| unseen | 1 |' in text and 'Left out' not in text
+  # the same files against the default plan: another hash, so they are stale and named
+  (tmp_path / 'res' / 'tiny' / 'plan.json').unlink()
+  text = results_page.page(str(tmp_path / 'res'), str(tmp_path / 'RESULTS.md'), workdir=str(tmp_path / 'w'))
+  assert '| unseen | 1 |' not in text and 'Left out: 1 result file(s)' in text and 'eval/unseen/tiny/centre/s42' in text

@@ -152,12 +152,14 @@ POOL_FILE = 'generated_pool.pt'
 def generated_pool(ctx, model, n):
   """``n`` samples of ``model`` (the frozen starting model) with the run's sampler, in data space ([0, 1] for
   images), each starting from noise seeded by its index; cached in ``W/generated_pool.pt`` (keyed by the
-  weights' digest, n, the sampler settings and the seed). ``[n, ...]`` on the CPU."""
+  weights' digest, n, the sampler settings, the batch size — each batch's sampler noise is seeded by its start —
+  and the seed). ``[n, ...]`` on the CPU."""
   import datasets
   import sampling
   config, sde = ctx.config, ctx.sde
   s = config.sampling
   meta = {'weights': weights_digest(model), 'n': int(n), 'seed': int(config.seed),
+          'batch_size': int(config.eval.batch_size),
           'sampler': [s.method, s.predictor, s.corrector, float(s.snr), int(s.n_steps_each), float(s.ode_rtol),
                       int(config.model.num_scales)]}
   path = os.path.join(ctx.workdir, POOL_FILE) if ctx.workdir else None
