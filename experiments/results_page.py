@@ -130,7 +130,9 @@ def models_of(entry, forget):
   for (model, f, _seed) in entry['eval']:
     if f == forget and model not in seen:
       seen.append(model)
-  order = {m: i for i, m in enumerate(SCRATCH + MSGM)}
+  order: Dict[str, int] = {}
+  for m in SCRATCH + MSGM:   # the first place a model is named: the VP rows, then the VE rows, then the rest
+    order.setdefault(m, len(order))
   return sorted(seen, key=lambda m: (order.get(m, len(order)), m))
 
 
