@@ -173,11 +173,8 @@ def train_seconds(entry, model, forget):
 
 
 def forget_sets(entry):
-  out = []
-  for (_m, f, _s) in entry['eval']:
-    if f not in out:
-      out.append(f)
-  return out
+  """The forget sets evaluated, the single ones first (``3`` before ``3+7``), as the plan orders them."""
+  return sorted({f for (_m, f, _s) in entry['eval']}, key=lambda f: (f.count('+'), f))
 
 
 def table(part, entry, forget, models, paper=True, seeds=None):
