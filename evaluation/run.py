@@ -19,7 +19,8 @@ written. Results: ``W/<eval_folder>/results.json`` (the last checkpoint), ``resu
 ``results.md``, ``samples_<step>.png``, the per-item NLLs ``nll_items_<step>.npz`` (for ``evaluation.compare``)
 and TensorBoard scalars in ``W/<eval_folder>/tensorboard``. ``evaluate(..., resume=True)`` (the reproduction
 benchmark's stages) also keeps each checkpoint's samples in ``samples_<step>_all.pt`` until its results are
-written, so that an interrupted evaluation picks up its NLLs and samples.
+written and marks each finished checkpoint with ``done_<step>.tag``, so that an interrupted evaluation skips
+the checkpoints it finished and picks up the NLLs and samples of the one it was on.
 """
 import contextlib
 import json
@@ -209,9 +210,11 @@ def evaluate(config, workdir, task='standard', eval_folder='eval', progress=True
 
   ``keep_samples`` adds the samples tensor under ``'samples'`` of the returned dict (not written to JSON).
   ``resume``: the eval folder belongs to this config alone (as a cached stage's folder does), so what an
-  interrupted evaluation of it left — a checkpoint's per-item NLLs, its samples (``samples_<step>_all.pt``,
-  written only under ``resume`` and removed once the results are) — is reused rather than computed again; a
-  part that does not match what is asked (item or sample counts, shape) or cannot be read is computed again.
+  interrupted evaluation of it left — the results of the checkpoints it finished (marked by ``done_<step>.tag``),
+  a checkpoint's per-item NLLs, its samples (``samples_<step>_all.pt``, written only under ``resume`` and removed
+  once the results are) — is reused rather than computed again; a part that was written under another config or
+  checkpoint file, does not match what is asked (item or sample counts, shape) or cannot be read is computed
+  again.
 
   Under torchrun (a ``torch.distributed`` group) the processes split the sampling batches, the NLL batches and
   the FID features and gather all of them; the numbers are those of one process (to float rounding). Rank 0
@@ -284,6 +287,25 @@ def _tag_path(out_dir, step):
   return os.path.join(out_dir, f'resume_{int(step)}.tag')
 
 
+def _done_path(out_dir, step):
+  return os.path.join(out_dir, f'done_{int(step)}.tag')
+
+
+def _earlier_results(out_dir, step, tag):
+  """The results (a dict) written for checkpoint ``step`` by an earlier evaluation with the same ``tag`` (its
+  ``done_<step>.tag`` is written after them), or None when there are none, they carry another tag or cannot be
+  read."""
+  try:
+    with open(_done_path(out_dir, step)) as f:
+      if f.read().strip() != tag:
+        return None
+    with open(os.path.join(out_dir, f'results_{int(step)}.json')) as f:
+      results = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return results if isinstance(results, dict) and results.get('step') == step else None
+
+
 def _earlier_nll(path, sizes, tag, tag_path):
   """``dataset_nll``-like ``{part: {'bpd', 'nats', 'items_bpd', 'items_nats'}}`` from the per-item NLLs an
   interrupted evaluation with the same ``tag`` wrote to ``path``, or None when there are none, they carry
@@ -351,8 +373,13 @@ def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features
   try:
     for path, step in ckpts:
       logging.info('evaluating %s (step %d)', path, step)
-      model, state = run_lib.load_ema_model(config, path, device)
       tag = resume_tag(config, path) if resume else None
+      done = _earlier_results(out_dir, step, tag) if resume and not keep_samples else None
+      if done is not None:   # evaluated before a later checkpoint's evaluation was interrupted
+        logging.info('reusing the results of step %d (results_%d.json, evaluated with this config)', step, step)
+        results = done
+        continue
+      model, state = run_lib.load_ema_model(config, path, device)
       one_step = state.get('generator')
       if one_step is not None:
         _check_one_step(config, path, downstream_tasks)
@@ -445,6 +472,8 @@ def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features
           results.update(downstream_tasks.run(model, sde, out_dir, step, checkpoint=path, progress=progress))
       if main:
         _write(results, out_dir, step, writer)
+        if resume:
+          _keep(_done_path(out_dir, step), lambda f: f.write(tag.encode()))
         for leftover in (_samples_filename(step), os.path.basename(_tag_path(out_dir, step))):
           if os.path.isfile(os.path.join(out_dir, leftover)):
             os.remove(os.path.join(out_dir, leftover))

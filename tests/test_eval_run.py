@@ -167,12 +167,60 @@ def test_a_resumed_evaluation_reuses_what_an_interrupted_one_left_and_gets_the_s
   assert resumed['sampler']['nfe'] == whole['sampler']['nfe']
   assert not os.path.exists(os.path.join(out, 'samples_30_all.pt'))     # removed once the results are written
   assert not os.path.exists(os.path.join(out, 'resume_30.tag'))
-  # a damaged or mismatched leftover is computed again, not trusted
+  # a finished checkpoint is not evaluated again under resume ...
+  with monkeypatch.context() as m:
+    m.setattr(E.nll_lib, 'dataset_nll', again)
+    m.setattr(E, 'generate_samples', again)
+    assert E.evaluate(config, workdir, 'obtuse', eval_folder='cut', progress=False,
+                      resume=True)['unlearning_ratio'] == whole['unlearning_ratio']
+  # ... unless its mark is gone; a damaged or mismatched leftover is then computed again, not trusted
+  os.remove(os.path.join(out, 'done_30.tag'))
   torch.save({'samples': torch.zeros(3, 2), 'nfe': 1}, os.path.join(out, 'samples_30_all.pt'))
   with open(os.path.join(out, 'nll_items_30.npz'), 'wb') as f:
     f.write(b'not a zip')
   again = E.evaluate(config, workdir, 'obtuse', eval_folder='cut', progress=False, resume=True)
   assert again['unlearning_ratio'] == whole['unlearning_ratio'] and again['nll_bpd'] == whole['nll_bpd']
+
+
+def test_a_resumed_evaluation_of_several_checkpoints_starts_at_the_first_unfinished_one(tmp_path, monkeypatch):
+  """eval.begin_ckpt..end_ckpt under ``resume=True``: killed during the second checkpoint, the evaluation resumes
+  there (the first is not evaluated again) and ends with the same results as one in a go; a changed config
+  evaluates both again."""
+  config = tiny_toy(n_iters=20)
+  config.training.snapshot_freq = 10
+  workdir = str(tmp_path)
+  run_lib.train(config, workdir, 'obtuse', progress=False)
+  config.eval.begin_ckpt, config.eval.end_ckpt = 1, 2
+  config.eval.enable_bpd, config.eval.enable_sampling, config.eval.enable_loss = False, True, False
+  whole = E.evaluate(config, workdir, 'obtuse', eval_folder='whole', progress=False)
+  assert whole['step'] == 20
+  real = E.generate_samples
+  calls = []
+
+  def killed_at_20(*args, **kwargs):
+    calls.append('samples')
+    if len(calls) == 2:
+      raise KeyboardInterrupt('killed during the second checkpoint')
+    return real(*args, **kwargs)
+  with monkeypatch.context() as m:
+    m.setattr(E, 'generate_samples', killed_at_20)
+    with pytest.raises(KeyboardInterrupt):
+      E.evaluate(config, workdir, 'obtuse', eval_folder='cut', progress=False, resume=True)
+  out = os.path.join(workdir, 'cut')
+  assert os.path.isfile(os.path.join(out, 'results_10.json')) and not os.path.exists(os.path.join(out, 'results_20.json'))
+  calls.clear()
+  with monkeypatch.context() as m:
+    m.setattr(E, 'generate_samples', lambda *a, **k: calls.append('samples') or real(*a, **k))
+    resumed = E.evaluate(config, workdir, 'obtuse', eval_folder='cut', progress=False, resume=True)
+    assert calls == ['samples']   # step 20 only
+    assert resumed['unlearning_ratio'] == whole['unlearning_ratio'] and resumed['step'] == 20
+    with open(os.path.join(out, 'results_10.json')) as f, open(os.path.join(workdir, 'whole', 'results_10.json')) as g:
+      assert json.load(f)['unlearning_ratio'] == json.load(g)['unlearning_ratio']
+    calls.clear()
+    other = copy.deepcopy(config)
+    other.eval.num_samples = int(config.eval.num_samples) + 1
+    E.evaluate(other, workdir, 'obtuse', eval_folder='cut', progress=False, resume=True)
+    assert calls == ['samples', 'samples']
 
 
 def test_missing_checkpoints_are_refused_and_nothing_is_written(tmp_path, toy_run):
