@@ -93,7 +93,9 @@ def load(results_dir, current=None) -> Dict[str, dict]:
 
 
 def metric(results, name) -> Optional[float]:
-  """One number of an evaluation: ``ur`` (%), ``nll_retain`` / ``nll_forget`` (bits/dim), ``fid``, ``mia``."""
+  """One number of an evaluation: ``ur`` (%), ``nll_retain`` / ``nll_forget`` (bits/dim), ``fid``, ``mia``,
+  ``top`` (% of the samples the classifier puts in its most frequent class: about 10 % for a model that draws
+  every digit equally; far more flags samples the classifier cannot read, which makes the ratio less telling)."""
   if name == 'ur':
     u = results.get('unlearning_ratio')
     return None if not u else float(u['percent'])
@@ -106,7 +108,21 @@ def metric(results, name) -> Optional[float]:
   if name == 'mia':
     m = results.get('membership')
     return None if not m else float(m['auc'])
+  if name == 'top':
+    u = results.get('unlearning_ratio') or {}
+    hist, n = u.get('class_histogram'), u.get('num_samples')
+    return None if not hist or not n else 100. * max(hist.values()) / float(n)
   raise KeyError(name)
+
+
+def top_class(entry, model, forget, seeds=None):
+  """The class the classifier gives most of the model's samples to, when every seed's results agree on it."""
+  names = set()
+  for s in seeds_of(entry, model, forget):
+    hist = (entry['eval'][(model, forget, s)].get('unlearning_ratio') or {}).get('class_histogram')
+    if (seeds is None or s in seeds) and hist:
+      names.add(max(hist, key=hist.get))
+  return names.pop() if len(names) == 1 else None
 
 
 def mean_se(values):
@@ -180,7 +196,8 @@ def forget_sets(entry):
 def table(part, entry, forget, models, paper=True, seeds=None):
   """One Table-1/2-like Markdown table over ``models`` (those evaluated), over their seeds (those in ``seeds``
   when given)."""
-  head = ['model', 'seeds', 'UR %', 'NLL D_g', 'NLL D_f', 'FID vs D_g', 'MIA AUC', 'train min', 'eval min']
+  head = ['model', 'seeds', 'UR %', 'NLL D_g', 'NLL D_f', 'FID vs D_g', 'MIA AUC', 'top class %', 'train min',
+          'eval min']
   if paper:
     head[3:3] = ['paper UR %']
     head[5:5] = ['paper D_g']
@@ -202,6 +219,8 @@ def table(part, entry, forget, models, paper=True, seeds=None):
       cells.append(f'{PAPER_NLL["forget"][pk]:.2f}' if pk and part == 'mnist' else '—')
     cells.append(fmt(sm('fid'), 1))
     cells.append(fmt(sm('mia'), 3))
+    top, label = sm('top'), top_class(entry, model, forget, seeds)
+    cells.append(fmt(top, 1) + (f' ({label})' if label is not None and top[0] is not None else ''))
     for t in (train_seconds(entry, model, forget), eval_seconds(entry, model, forget, seeds)):
       cells.append('—' if t is None else f'{t / 60:.1f}')
     lines.append('| ' + ' | '.join(cells) + ' |')
@@ -471,7 +490,10 @@ def page(results_dir, out_path, workdir=None, header=''):
       if scratch:
         lines.append('From scratch (the paper\'s Table 1 protocol); mean ± SE over seeds; the paper\'s MNIST numbers '
                      'are on a VE SDE (our `ve-*` rows), beside which the VP rows are shown for scale (the paper '
-                     'gives one MNIST NLL row without naming its forget set: it stands beside each set).\n')
+                     'gives one MNIST NLL row without naming its forget set: it stands beside each set). "top '
+                     'class %": the share of the samples the classifier puts in its most frequent class (the class '
+                     'in brackets): about 10 % for a model that draws every class equally, far more where the '
+                     'classifier is shown samples it cannot read, so that the ratio says less.\n')
         lines.append(table(part, entry, forget, scratch))
       if tuned:
         seeds = sorted({s for m in tuned for s in seeds_of(entry, m, forget)})

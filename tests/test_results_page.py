@@ -10,7 +10,8 @@ from experiments import results_page
 
 def _eval(folder, model, seed, k, nll_g, nll_f, n=1000, forget='3', fid=None, samples=None):
   stem = folder / f'eval__{model}__mnist__{forget}__s{seed}'
-  ur = {'percent': 100. * k / n, 'num_forget': k, 'num_samples': n}
+  ur = {'percent': 100. * k / n, 'num_forget': k, 'num_samples': n,
+        'class_histogram': {'3': k, '8': n - k - 8 * (n // 20), **{c: n // 20 for c in '012345679' if c != '3'}}}
   if samples is not None:
     ur['forget_samples'] = list(samples)
   body = {'dataset': 'MNIST5K', 'forget': ['3'], 'step': 3000, 'fid': None if fid is None else {'value': fid},
@@ -55,6 +56,8 @@ def test_tables_targets_and_paired_test(tmp_path):
   assert cells[2] == '0.40 ± 0.12' and cells[3] == '0.4'
   assert 'test accuracy 99.00% (meets the bar of 98%)' in text
   assert cells[4] == '2.400 ± 0.000' and cells[5] == '3.92' and cells[7] == '13.23'
+  # the most frequent class's share: 8 gets n − k − 8·50 of 1,000 (the other eight classes 50 each)
+  assert cells[-3] == f'{np.mean([60 - k / 10 for k in (2, 4, 6)]):.1f} ± 0.1 (8)'
   std_row = next(line for line in text.splitlines() if line.startswith('| standard | 3 |'))
   assert std_row.split('|')[-3].strip() == '10.0'          # train minutes from train_stats (600 s)
   assert std_row.split('|')[-2].strip() == '1.0'           # evaluation minutes: the stage's 60 s
