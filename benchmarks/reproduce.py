@@ -151,6 +151,10 @@ OWN_SECTIONS = {'obtuse': ('noisy_classifier',)}
 #: the ``eval`` keys a method's training reads (Selective Amnesia and VDU draw their pool of generated samples
 #: in batches of ``eval.batch_size``, each batch's sampler noise seeded by its start).
 TRAIN_EVAL_KEYS = {'sa': ('batch_size',), 'vdu': ('batch_size',)}
+#: the methods whose training draws samples with ``config.sampling`` (a pool from the starting model, a one-step
+#: generator's teacher); every other training reads the sampler only for its snapshot images (their own noise,
+#: not the training's), so a sampler setting does not retrain it.
+TRAIN_SAMPLES = ('sa', 'vdu', 'sfd')
 
 
 def methods_read(config, task):
@@ -175,9 +179,12 @@ def method_sections(config, task=None):
 
 
 def train_key(config, task):
-  """What a training stage's hash covers: the config without the evaluation's sections and without the other
-  methods' sections, so a change to one method's settings (or a new key of one) retrains that method only."""
-  key = config_key(config, EVAL_SECTIONS + method_sections(config, task))
+  """What a training stage's hash covers: the config without the evaluation's sections, without the other
+  methods' sections and, unless the method samples while it trains (``TRAIN_SAMPLES``), without the sampler's,
+  so a change to one method's settings (or a new key of one) retrains that method only and a sampler setting
+  retrains nothing that does not sample."""
+  samples = any(m in TRAIN_SAMPLES for m in methods_read(config, task))
+  key = config_key(config, EVAL_SECTIONS + method_sections(config, task) + (() if samples else ('sampling',)))
   read = sorted({k for m in methods_read(config, task) for k in TRAIN_EVAL_KEYS.get(m, ())})
   if read:
     key['eval'] = {k: config_key(config)['eval'][k] for k in read}
@@ -330,6 +337,8 @@ def build_plan(part_name, overrides=None, samples=1000):
       t = config.training
       t.n_iters, t.snapshot_freq = int(n_iters), int(n_iters)
       t.snapshot_freq_for_preemption = min(int(t.snapshot_freq_for_preemption), int(n_iters))
+    if not any(m in TRAIN_SAMPLES for m in methods_read(config, task)):
+      config.training.snapshot_sampling = False   # the sampler is left out of its hash: no snapshot images
     key = dict(config=train_key(config, task), task=task, **links)
     deps = [v for v in links.values() if v]
     factor = STEP_FACTOR['reference'] if links.get('reference_from') else STEP_FACTOR.get(task, 1.)

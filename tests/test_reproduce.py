@@ -9,9 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
+import run_lib
 from benchmarks import reproduce
 from experiments import stages
+from toy_configs import tiny_toy_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -232,8 +235,27 @@ def test_a_stage_hash_covers_what_the_stage_reads_and_nothing_else():
   assert {n.split('/')[1] for n in batch if n.startswith('train/')} == {'sa-ft', 'vdu-ft'}
   sa = next(s for s in reproduce.build_plan('tiny', {'eval.batch_size': 50}) if s.name.startswith('train/sa-ft'))
   assert reproduce.from_key(sa.key['config']).eval.batch_size == 50
+  # a sampler setting: every evaluation and attack, and of the trainings only those that sample while they train
+  sampler = changed(hashes(**{'sampling.corrector': 'langevin'}))
+  assert {n for n in sampler if n.startswith(('eval/', 'relearn/'))} == {n for n in base if n.startswith(('eval/', 'relearn/'))}
+  assert {n.split('/')[1] for n in sampler if n.startswith('train/')} == {'sa-ft', 'vdu-ft'}
   with pytest.raises(ValueError, match='enable_loss'):
     reproduce.build_plan('tiny', {'eval.enable_loss': True})
+
+
+def test_a_trained_model_does_not_depend_on_the_sampler_or_its_snapshots(tmp_path):
+  """Why a training stage's hash may leave the sampler out: snapshot images draw their own noise, so the
+  weights are the same bit for bit with or without them and with another sampler."""
+  weights = []
+  for i, (snapshots, corrector) in enumerate(((True, 'none'), (False, 'none'), (True, 'langevin'))):
+    config = tiny_toy_config(30)
+    config.training.snapshot_freq = 10
+    config.training.snapshot_sampling, config.sampling.corrector = snapshots, corrector
+    run_lib.train(config, str(tmp_path / str(i)), 'standard', progress=False)
+    path, step = run_lib.latest_checkpoint(str(tmp_path / str(i)))
+    state = torch.load(path, map_location='cpu', weights_only=True)
+    weights.append(torch.cat([v.flatten().float() for _k, v in sorted(state['model'].items())]))
+  assert step == 30 and all(torch.equal(weights[0], w) for w in weights[1:])
 
 
 def test_a_failure_after_a_stage_still_records_the_stages_running_beside_it(tmp_path):

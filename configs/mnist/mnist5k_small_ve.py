@@ -2,7 +2,9 @@
 
 The small VP config's budget and data with score_sde's VE choices: NCSN++ with a Fourier embedding, FIR
 resampling and outputs divided by σ (nf 16, resolutions 28/14/7, no attention), σ ∈ [0.01, 50], uncentred
-data, and the reverse-diffusion predictor over 200 noise levels.
+data, and score_sde's VE sampler: the reverse-diffusion predictor with one Langevin corrector step (snr 0.16) at
+each of 200 noise levels. Without the corrector this small model leaves salt noise on about two thirds of its
+samples (the MNIST classifier reads 66.5 % of 200 samples of the seed-42 Standard model as an 8; with it, 6 %).
 """
 from configs import architectures as arch
 from configs.mnist.small import get_small_config
@@ -13,7 +15,8 @@ def get_config():
   config.training.sde = 'vesde'
   config.training.continuous = True
   config.data.centered = False
-  arch.set_pc(config.sampling, 'reverse_diffusion', 'none')
+  arch.set_pc(config.sampling, 'reverse_diffusion', 'langevin')
+  config.sampling.snr = 0.16
   arch.ncsnpp_ve(config.model, nf=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=())
   config.model.ema_rate = 0.999
   config.model.num_scales = 200
