@@ -341,13 +341,35 @@ def best_msgm(entry, forget):
 
 
 def relearn_after(entry, model, forget):
-  """``(percent after the last attack step, step, k)`` of the first seed's attack (largest k), or None."""
-  for (m, f, _s), body in sorted(entry['relearn'].items(), key=lambda kv: kv[0][2]):
+  """``{seed: (forget-class samples, samples, step, k)}`` after the last step of each seed's attack (its largest
+  k); seeds whose points do not list their counts are left out."""
+  out = {}
+  for (m, f, seed), body in entry['relearn'].items():
     if m == model and f == forget and body.get('curves'):
       curve = max(body['curves'], key=lambda c: c['k'])
       last = curve['points'][-1]
-      return float(last['percent']), int(last['step']), int(curve['k'])
-  return None
+      if last.get('num_forget') is not None and last.get('num_samples'):
+        out[seed] = (int(last['num_forget']), int(last['num_samples']), int(last['step']), int(curve['k']))
+  return out
+
+
+def relearn_target(entry, best, unseen, forget):
+  """``(status, measured)`` of "UR after the relearning attack below Unseen's": met when the best setting's UR
+  after the attack's last step is below Unseen's at every seed both were attacked at and Fisher's exact test on
+  the counts pooled over those seeds gives p < 0.05 (the attacked models' samples share no noise pairing)."""
+  a, u = relearn_after(entry, best, forget), relearn_after(entry, unseen, forget)
+  seeds = sorted(set(a) & set(u))
+  if not seeds:
+    return 'not measured yet', '—'
+  ka, na = sum(a[s][0] for s in seeds), sum(a[s][1] for s in seeds)
+  ku, nu = sum(u[s][0] for s in seeds), sum(u[s][1] for s in seeds)
+  lower = sum(a[s][0] / a[s][1] < u[s][0] / u[s][1] for s in seeds)
+  p = float(scipy_stats.fisher_exact([[ka, na - ka], [ku, nu - ku]]).pvalue)
+  ok = lower == len(seeds) and ka / na < ku / nu and p < 0.05
+  steps, k = a[seeds[0]][2], a[seeds[0]][3]
+  return ('met' if ok else 'missed',
+          f'{best}: {100. * ka / na:.1f}% vs {unseen} {100. * ku / nu:.1f}% after {steps} steps, k = {k}, over '
+          f'{len(seeds)} seed(s), lower at {lower}; Fisher p {p:.3g}')
 
 
 #: the label of the target "below Unseen" (how it is tested: see ``targets``).
@@ -363,7 +385,8 @@ def targets(part, entry, forget):
   over those seeds gives p < 0.05 after a Bonferroni correction over the settings the best was chosen among:
   McNemar's exact test on the samples paired by position (both models draw sample i from the same noise) when
   every seed's results list their forget-class samples, else Fisher's exact test on the pooled counts (which
-  treats the samples as independent: conservative for samples that share their noise)."""
+  treats the samples as independent: conservative for samples that share their noise). The attack's target:
+  ``relearn_target``."""
   out = []
   best, note, candidates = best_msgm(entry, forget)
   damaged = note.startswith('damaged:')
@@ -401,12 +424,7 @@ def targets(part, entry, forget):
       r = ratio(name)
       out.append((label, 'not measured yet' if r is None else ('met' if test(r) else 'missed'),
                   '—' if r is None else f'{best}: {r:.2f}× Standard'))
-    a, u = relearn_after(entry, best, forget), relearn_after(entry, unseen, forget)
-    if a is None or u is None:
-      out.append(('UR after the relearning attack below Unseen\'s', 'not measured yet', '—'))
-    else:
-      out.append(('UR after the relearning attack below Unseen\'s', 'met' if a[0] < u[0] else 'missed',
-                  f'{best}: {a[0]:.1f}% vs {unseen} {u[0]:.1f}% after {a[1]} steps, k = {a[2]}'))
+    out.append(('UR after the relearning attack below Unseen\'s',) + relearn_target(entry, best, unseen, forget))
   if damaged:
     out = [(t, 'met only by a damaged model' if st == 'met' else st, m) for t, st, m in out]
   return out

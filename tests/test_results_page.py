@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from experiments import results_page
 
@@ -25,7 +26,10 @@ def _eval(folder, model, seed, k, nll_g, nll_f, n=1000, forget='3', fid=None, sa
 
 
 def _relearn(folder, model, after):
-  body = {'curves': [{'k': 32, 'points': [{'step': 0, 'percent': 1.}, {'step': 100, 'percent': after}],
+  n = 200                                              # samples per measurement; ``after`` % of them forget-class
+  body = {'curves': [{'k': 32, 'points': [{'step': 0, 'percent': 1., 'num_forget': 2, 'num_samples': n},
+                                          {'step': 100, 'percent': after, 'num_forget': round(after * n / 100),
+                                           'num_samples': n}],
                       'area': {'mean_percent': (1. + after) / 2}}],
           'stage': {'name': f'relearn/{model}/mnist/3/s42', 'seconds': 10.}}
   (folder / f'relearn__{model}__mnist__3__s42.json').write_text(json.dumps(body))
@@ -168,8 +172,9 @@ def test_ve_rows_are_measured_against_ve_rows_and_a_missing_fid_is_said(tmp_path
   best, note, _n = results_page.best_msgm(entry, '3')
   assert best == 've-orthogonal' and note.startswith('FID not measured')
   status = {t: (s, m) for t, s, m in results_page.targets('mnist', entry, '3')}
-  assert status["UR after the relearning attack below Unseen's"] == ('met', 've-orthogonal: 5.0% vs ve-unseen 50.0% '
-                                                                      'after 100 steps, k = 32')
+  assert status["UR after the relearning attack below Unseen's"] == (
+    'met', 've-orthogonal: 5.0% vs ve-unseen 50.0% after 100 steps, k = 32, over 1 seed(s), lower at 1; Fisher p '
+    f'{scipy_stats.fisher_exact([[10, 190], [100, 100]]).pvalue:.3g}')
   assert status['NLL D_f ≥ 3× Standard'] == ('met', 've-orthogonal: 3.10× Standard')
   assert status['best MSGM UR ≤ 0.4%'][0] == 'met'           # not "damaged": FID is simply not measured
 
@@ -189,3 +194,26 @@ def test_samples_paired_by_their_noise_are_tested_with_mcnemar_pooled_over_seeds
   assert status[results_page.BELOW_UNSEEN][0] == 'met' and 'McNemar p' in status[results_page.BELOW_UNSEEN][1]
   text = results_page.page(str(results), str(tmp_path / 'RESULTS.md'))
   assert '| orthogonal | 42 | 2.00 → 0.20 |' in text and '(18 : 0)' in text and '(48 : 0)' in text
+
+
+def test_relearning_target_needs_a_significant_gap_at_every_shared_seed(tmp_path):
+  folder = tmp_path / 'results' / 'mnist'
+  folder.mkdir(parents=True)
+  _eval(folder, 'standard', 42, 110, 2.0, 2.0)
+  _eval(folder, 'unseen', 42, 20, 2.0, 2.5)
+  _eval(folder, 'orthogonal', 42, 2, 2.2, 6.2)
+  _relearn(folder, 'unseen', 6.)
+  _relearn(folder, 'orthogonal', 5.)                   # 10 of 200 against 12 of 200: lower, not significant
+  entry = results_page.load(str(tmp_path / 'results'))['mnist']
+  status, measured = dict((t, (s, m)) for t, s, m in results_page.targets('mnist', entry, '3'))[
+    "UR after the relearning attack below Unseen's"]
+  p = scipy_stats.fisher_exact([[10, 190], [12, 188]]).pvalue
+  assert p > 0.5 and status == 'missed' and measured.endswith(f'lower at 1; Fisher p {p:.3g}')
+  for name in ('relearn__orthogonal__mnist__3__s42.json', 'relearn__unseen__mnist__3__s42.json'):
+    body = json.loads((folder / name).read_text())   # an attack whose points list no counts cannot be tested
+    for point in body['curves'][0]['points']:
+      del point['num_forget']
+    (folder / name).write_text(json.dumps(body))
+  entry = results_page.load(str(tmp_path / 'results'))['mnist']
+  status = {t: s for t, s, _m in results_page.targets('mnist', entry, '3')}
+  assert status["UR after the relearning attack below Unseen's"] == 'not measured yet'
