@@ -532,7 +532,8 @@ def page(results_dir, out_path, workdir=None, header=''):
                    'is within 20 % of Standard\'s; "below Unseen": lower at every seed, and a pooled exact test — '
                    'McNemar\'s on samples paired by their noise where every seed lists its samples, else '
                    'Fisher\'s on the counts — Bonferroni-corrected over the settings the best was chosen among, '
-                   'p < 0.05):\n')
+                   'p < 0.05; the attack: lower after its last step at every seed both were attacked at, Fisher\'s '
+                   'test on the pooled counts, p < 0.05):\n')
       lines.append('| target | status | measured |\n|---|---|---|')
       lines += [f'| {t} | {s} | {m} |' for t, s, m in targets(part, entry, forget)]
       lines.append('')
