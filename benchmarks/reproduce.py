@@ -18,7 +18,8 @@ in the order it runs:
 * the targets' models, every seed (first seed first): ``standard/<part>/s<seed>`` (on D; the same for every
   forget set) and per forget set ``unseen``, the paper's ``orthogonal`` and ``obtuse`` from scratch (Table 1's
   protocol) and ``mnist-best`` (the ratio preset, with that seed's Unseen as reference), each evaluated;
-* the relearning attack on those (first seed);
+* the relearning attack on those (first seed; at the other seeds on Standard, Unseen and the best preset, the
+  relearning target's models, so that its test pools over the seeds);
 * first seed: the paper's forms on a CPU-sized VE SDE (``ve-*``, MNIST), evaluated and attacked;
 * first seed: Orthogonal and Obtuse fine-tuning Standard (Table 2) and the official-code variants
   (elementwise Orthogonal, the official Obtuse sign);
@@ -308,7 +309,8 @@ CORE_MODELS = ('standard', 'unseen', 'orthogonal', 'obtuse')
 def build_plan(part_name, overrides=None, samples=1000):
   """The stages of one part (see the module docstring), in the order they should run: the classifier and the
   core models of the targets (Standard, Unseen, Orthogonal, Obtuse, the best preset; every seed, first seed
-  first) with their evaluations; the attack on those; the VE SDE's; the official variants and Table 2's
+  first) with their evaluations; the attack on those (at the first seed; at the others on Standard, Unseen and the
+  best preset, the relearning target's models); the VE SDE's; the official variants and Table 2's
   fine-tuned forms; the rest of the family; the attack on those (first forget set only). ``overrides`` apply
   to every config."""
   part = PARTS[part_name]
@@ -376,14 +378,16 @@ def build_plan(part_name, overrides=None, samples=1000):
     for j, forget in enumerate(part.forget_sets):
       tag = f'{part_name}/{forget.replace(",", "+")}/s{seed}'
       cfg = lambda extra=None: configured(part.config, forget, seed, extra)   # noqa: E731
-      attack = seed == first
       runs = {'standard': std}
       for task in CORE_MODELS[1:]:
         runs[task] = train(f'{task}/{tag}', cfg(), task, core)
       runs[best] = train(f'{best}/{tag}', cfg({'unlearn.preset': best}), 'obtuse', core,
                          reference_from=runs['unseen'])
+      # the attack: every core model at the first seed; the relearning target's models (Standard, Unseen, the best
+      # preset) at every seed, so that its test pools over the seeds
+      attacked = set(runs if seed == first else ('standard', 'unseen', best))
       for name, run in runs.items():
-        evaluate(f'{name}/{tag}', cfg(), run, core, (CORE_ATTACK, i) if attack else None)
+        evaluate(f'{name}/{tag}', cfg(), run, core, (CORE_ATTACK, i) if name in attacked else None)
       if seed != first:
         continue
       if ve_std:
