@@ -35,6 +35,16 @@ def _relearn(folder, model, after):
   (folder / f'relearn__{model}__mnist__3__s42.json').write_text(json.dumps(body))
 
 
+def _one_seed(tmp_path, prefix):
+  """Standard 11 %, Unseen 2 %, Orthogonal 0.2 % (NLL D_f 3.1× Standard's) at seed 42; the results folder."""
+  folder = tmp_path / 'results' / 'mnist'
+  folder.mkdir(parents=True)
+  _eval(folder, f'{prefix}standard', 42, 110, 2.0, 2.0)
+  _eval(folder, f'{prefix}unseen', 42, 20, 2.0, 2.5)
+  _eval(folder, f'{prefix}orthogonal', 42, 2, 2.2, 6.2)
+  return folder
+
+
 def _results(tmp_path, fid_orthogonal=11.):
   folder = tmp_path / 'results' / 'mnist'
   folder.mkdir(parents=True)
@@ -160,11 +170,7 @@ def test_table_2_compares_each_row_with_standard_of_the_same_seed_and_stale_file
 
 
 def test_ve_rows_are_measured_against_ve_rows_and_a_missing_fid_is_said(tmp_path):
-  folder = tmp_path / 'results' / 'mnist'
-  folder.mkdir(parents=True)
-  _eval(folder, 've-standard', 42, 110, 2.0, 2.0)
-  _eval(folder, 've-unseen', 42, 20, 2.0, 2.5)
-  _eval(folder, 've-orthogonal', 42, 2, 2.2, 6.2)
+  folder = _one_seed(tmp_path, 've-')
   _relearn(folder, 've-orthogonal', 5.)
   _relearn(folder, 've-unseen', 50.)
   _relearn(folder, 'unseen', 1.)                       # the VP Unseen's: not the reference of a VE row
@@ -197,11 +203,7 @@ def test_samples_paired_by_their_noise_are_tested_with_mcnemar_pooled_over_seeds
 
 
 def test_relearning_target_needs_a_significant_gap_at_every_shared_seed(tmp_path):
-  folder = tmp_path / 'results' / 'mnist'
-  folder.mkdir(parents=True)
-  _eval(folder, 'standard', 42, 110, 2.0, 2.0)
-  _eval(folder, 'unseen', 42, 20, 2.0, 2.5)
-  _eval(folder, 'orthogonal', 42, 2, 2.2, 6.2)
+  folder = _one_seed(tmp_path, '')
   _relearn(folder, 'unseen', 6.)
   _relearn(folder, 'orthogonal', 5.)                   # 10 of 200 against 12 of 200: lower, not significant
   entry = results_page.load(str(tmp_path / 'results'))['mnist']
