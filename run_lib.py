@@ -32,7 +32,7 @@ from configs import default_configs
 import runtime
 from runtime import (add_log_file, is_main_process, log_to_file, resolve_device, rng_state, seed_everything,
                      set_rng_state)
-from train_state import create_state, load_ema_model
+from train_state import create_state, load_ema_model  # load_ema_model: part of run_lib's API
 
 
 class TrainingError(RuntimeError):

@@ -3,9 +3,12 @@
 Pure functions of their inputs (numbers, sequences, numpy arrays or torch tensors); no randomness.
 """
 import math
-from typing import NamedTuple, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, NamedTuple, Sequence, Tuple, Union
 
 import numpy as np
+
+if TYPE_CHECKING:
+  import torch
 
 #: the two-sided 95 % standard-normal quantile, Φ⁻¹(0.975).
 Z95 = 1.959964

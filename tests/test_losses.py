@@ -9,7 +9,6 @@ from torch import nn
 import losses
 import sde_lib
 from configs.default_configs import get_base_config
-from models.ema import ExponentialMovingAverage
 
 # One sample, D = 3. Score form: s = ŝ/σ = [2, 4, 0]; ∇ = -z/σ = [-6, 2, -4]; σ = 0.5, g² = 4.
 SS = torch.tensor([[1., 2., 0.]])

@@ -7,8 +7,6 @@ initialisation stream. The remaining tests use tiny configurations and run on th
 """
 import copy
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch

@@ -15,8 +15,6 @@ equilibrate (as in NCSN it needs many steps per level) — is checked at a fixed
 """
 import math
 
-import math
-
 import pytest
 import torch
 

@@ -15,7 +15,7 @@ import sde_lib
 import unlearning
 import utils
 from configs.default_configs import get_base_config
-from test_losses import SS, STD, Z, LinearNet, perturbed, reduce
+from test_losses import SS, STD, Z, LinearNet, perturbed
 from toy_configs import tiny_toy_config
 from unlearning import erasediff, fisher, needs, neggrad, sa, salun, siss, vdu
 from unlearning.base import Context

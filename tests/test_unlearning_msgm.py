@@ -11,7 +11,7 @@ import sde_lib
 import unlearning
 from configs.default_configs import get_base_config
 from models.ema import ExponentialMovingAverage
-from test_losses import G2, GRAD, S, SS, STD, Z, LinearNet, perturbed, reduce
+from test_losses import GRAD, S, SS, Z, LinearNet, perturbed, reduce
 from toy_configs import tiny_toy_config
 from unlearning import erase, hole, obtuse, orthogonal
 from unlearning.base import Context
@@ -105,7 +105,6 @@ def test_forget_every_fourth_step(continuous, task):
   config = get_base_config()
   config.optim.warmup = 0
   config.unlearn.forget_every = 4
-  sde = sde_lib.VPSDE()
   net = LinearNet()
   state = _state(net, config)
   objective = unlearning.get_method(task).build(context(config, continuous, model=net))
@@ -126,7 +125,6 @@ def test_forget_every_fourth_step(continuous, task):
 
 def test_standard_task_is_plain_dsm_and_missing_forget_batch_is_refused():
   config = get_base_config()
-  sde = sde_lib.VPSDE()
   net = LinearNet()
   state = _state(net, config)
   step_fn = unlearning.get_step_fn(unlearning.get_method('standard').build(context(config, model=net)), True,
@@ -271,7 +269,6 @@ def test_orthogonal_acts_on_the_change_from_the_reference():
 def test_forget_time_range_and_frozen_reference():
   config = get_base_config()
   config.unlearn.forget_t_min, config.unlearn.forget_t_max = 0.1, 0.3
-  sde = sde_lib.VPSDE()
   net, ref = RecordingNet(), RecordingNet()
   for q in ref.parameters():
     q.requires_grad_(False)

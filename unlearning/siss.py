@@ -61,7 +61,7 @@ class SISSObjective(Objective):
 
   def _draw(self, x, a, generator):
     """``(labels, μ_t x, μ_t a, σ_t, w(t))`` at one t per pair: continuous or discrete as the run trains."""
-    ctx, sde, tc = self.ctx, self.ctx.sde, self.ctx.config.training
+    sde, tc = self.ctx.sde, self.ctx.config.training
     b = x.shape[0]
     if tc.continuous:
       t = torch.rand(b, device=x.device, dtype=x.dtype, generator=generator) * (sde.T - tc.eps) + tc.eps
