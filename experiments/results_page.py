@@ -506,9 +506,10 @@ def page(results_dir, out_path, workdir=None, header=''):
       tuned = [m for m in models if m not in SCRATCH]
       lines.append(f'### {part}: forget {forget.replace("+", " and ")}\n')
       if scratch:
-        lines.append('From scratch (the paper\'s Table 1 protocol); mean ± SE over seeds; the paper\'s MNIST numbers '
-                     'are on a VE SDE (our `ve-*` rows), beside which the VP rows are shown for scale (the paper '
-                     'gives one MNIST NLL row without naming its forget set: it stands beside each set). "top '
+        paper = ('the paper\'s MNIST numbers are on a VE SDE (our `ve-*` rows), beside which the VP rows are '
+                 'shown for scale (the paper gives one MNIST NLL row without naming its forget set: it stands '
+                 'beside each set)') if PAPER_UR.get((part, forget)) else 'the paper reports no numbers for this set'
+        lines.append('From scratch (the paper\'s Table 1 protocol); mean ± SE over seeds; ' + paper + '. "top '
                      'class %": the share of the samples the classifier puts in its most frequent class (the class '
                      'in brackets): about 10 % for a model that draws every class equally, far more where the '
                      'classifier is shown samples it cannot read, so that the ratio says less.\n')

@@ -219,3 +219,15 @@ def test_relearning_target_needs_a_significant_gap_at_every_shared_seed(tmp_path
   entry = results_page.load(str(tmp_path / 'results'))['mnist']
   status = {t: s for t, s, _m in results_page.targets('mnist', entry, '3')}
   assert status["UR after the relearning attack below Unseen's"] == 'not measured yet'
+
+
+def test_the_paper_columns_are_explained_only_where_the_paper_has_numbers(tmp_path):
+  folder = _one_seed(tmp_path, '')
+  for model, k in (('standard', 90), ('unseen', 1)):
+    _eval(folder, model, 42, k, 2.0, 2.0, forget='5')          # a set the paper reports nothing for
+  text = results_page.page(str(tmp_path / 'results'), str(tmp_path / 'RESULTS.md'))
+  digit3, digit5 = text.split('### mnist: forget 5')
+  assert 'the paper\'s MNIST numbers are on a VE SDE' in digit3 and 'reports no numbers' not in digit3
+  assert 'the paper reports no numbers for this set' in digit5 and 'VE SDE' not in digit5.split('\n\n')[1]
+  row = next(line for line in digit5.splitlines() if line.startswith('| unseen |'))
+  assert row.split('|')[4].strip() == '—'                      # no paper UR beside ours
