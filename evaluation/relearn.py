@@ -239,7 +239,7 @@ def relearning(config, model, sde, data, classifier, device, progress=False, nam
     for p in points:
       ur = p['value']
       out.append({'step': p['step'], 'percent': ur['percent'], 'ci95': ur['ci95'], 'num_samples': ur['num_samples'],
-                  'num_forget': ur['num_forget'], 'loss': p['loss']})
+                  'num_forget': ur['num_forget'], 'class_histogram': ur['class_histogram'], 'loss': p['loss']})
       nfe = p['nfe']
       logging.info('k = %d, attack step %d: Unlearning Ratio %.2f%% [%.2f, %.2f]', k, p['step'], ur['percent'],
                    *ur['ci95'])

@@ -129,6 +129,9 @@ def test_mode_writes_the_curve_the_plot_and_matches_eval_at_step_0(small_run):
   config.eval.enable_bpd = False
   ev = E.evaluate(config, workdir, 'standard', 'eval_ur', progress=False)
   assert ev['unlearning_ratio']['percent'] == saved['curves'][0]['points'][0]['percent']
+  # each point says what the samples were read as: the same counts as --mode eval at step 0, all samples counted
+  assert ev['unlearning_ratio']['class_histogram'] == saved['curves'][0]['points'][0]['class_histogram']
+  assert all(sum(p['class_histogram'].values()) == p['num_samples'] for c in saved['curves'] for p in c['points'])
   # the same seed gives the same curves
   again = R.relearning_of_checkpoint(config, saved['checkpoint'])
   assert again['curves'] == saved['curves']
