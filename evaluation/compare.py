@@ -88,7 +88,7 @@ def compare(run_a, run_b):
     p = scipy_stats.fisher_exact([[ka, na - ka], [kb, nb - kb]]).pvalue
     out['unlearning_ratio'] = {'a': ua['percent'], 'b': ub['percent'], 'k_a': ka, 'k_b': kb, 'n_a': na,
                                'n_b': nb, 'p': float(p), 'mcnemar': mcnemar(ua, ub)}
-  out['relearning'] = _compare_relearning(ra.get('relearning'), rb.get('relearning'))
+  out['relearning'] = compare_relearning(ra.get('relearning'), rb.get('relearning'))
   ma, mb = ra.get('membership'), rb.get('membership')
   out['membership'] = None
   if ma and mb:
@@ -122,9 +122,10 @@ def mcnemar(ua, ub):
 _ATTACK_KEYS = ('steps', 'lr', 'batch_size', 'num_samples', 'seed')
 
 
-def _compare_relearning(a, b):
+def compare_relearning(a, b):
   """Per k both attacks share: the UR after the last step of each (Fisher's exact test on the counts) and
-  the mean UR over the attack; [] when the attacks differ in their settings or either is missing."""
+  the mean UR over the attack; [] when the attacks differ in their settings or either is missing. A k whose
+  last points do not list their counts (older results) is left out."""
   if not a or not b:
     return []
   sa, sb = a.get('settings', {}), b.get('settings', {})
@@ -137,6 +138,8 @@ def _compare_relearning(a, b):
     if cb is None or not ca['points'] or not cb['points']:
       continue
     pa, pb = ca['points'][-1], cb['points'][-1]
+    if any(pt.get(key) is None for pt in (pa, pb) for key in ('num_forget', 'num_samples')):
+      continue
     ka, na, kb, nb = pa['num_forget'], pa['num_samples'], pb['num_forget'], pb['num_samples']
     p = scipy_stats.fisher_exact([[ka, na - ka], [kb, nb - kb]]).pvalue
     out.append({'k': ca['k'], 'step': pa['step'], 'a': pa['percent'], 'b': pb['percent'], 'k_a': ka, 'k_b': kb,

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import sys
+from fractions import Fraction
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -176,13 +177,15 @@ def standard_of(model):
   return ve + 'standard', ve + 'unseen'
 
 
-def train_seconds(entry, model, forget):
-  """Mean wall seconds of the model's trainings (``train_stats.json``'s, summed over resumed segments, else
-  the stage's); Standard's are shared by the forget sets, and the family's methods train as ``<name>-ft``."""
+def train_seconds(entry, model, forget, seeds=None):
+  """Mean wall seconds of the model's trainings of the seeds it was evaluated at (only those in ``seeds`` when
+  given; ``train_stats.json``'s, summed over resumed segments, else the stage's); Standard's are shared by the
+  forget sets, and the family's methods train as ``<name>-ft``."""
   name = model if model in SCRATCH or model.endswith('-ft') else f'{model}-ft'
+  evaluated = [s for s in seeds_of(entry, model, forget) if seeds is None or s in seeds]
   out = []
-  for (m, f, _s), body in entry['train'].items():
-    if m == name and f in (forget, '*'):
+  for (m, f, s), body in entry['train'].items():
+    if m == name and f in (forget, '*') and s in evaluated:
       stats = body.get('train_stats') or {}
       out.append(stats.get('wall_seconds') or body['stage']['seconds'])
   return float(np.mean(out)) if out else None
@@ -221,7 +224,7 @@ def table(part, entry, forget, models, paper=True, seeds=None):
     cells.append(fmt(sm('mia'), 3))
     top, label = sm('top'), top_class(entry, model, forget, seeds)
     cells.append(fmt(top, 1) + (f' ({label})' if label is not None and top[0] is not None else ''))
-    for t in (train_seconds(entry, model, forget), eval_seconds(entry, model, forget, seeds)):
+    for t in (train_seconds(entry, model, forget, seeds), eval_seconds(entry, model, forget, seeds)):
       cells.append('—' if t is None else f'{t / 60:.1f}')
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
@@ -311,65 +314,99 @@ def paired_table(entry, forget, models, reference=None):
   return '\n'.join(lines) + '\n'
 
 
+def against_standard(entry, model, forget, name) -> Optional[float]:
+  """``model``'s mean of metric ``name`` divided by its Standard's (``standard_of``), both averaged over the
+  same seeds: those where both rows have the metric. None when they share no such seed."""
+  std = standard_of(model)[0]
+  pairs = []
+  for s in seeds_of(entry, model, forget):
+    if (std, forget, s) in entry['eval']:
+      a, b = metric(entry['eval'][(model, forget, s)], name), metric(entry['eval'][(std, forget, s)], name)
+      if a is not None and b is not None:
+        pairs.append((a, b))
+  if not pairs:
+    return None
+  return float(np.mean([a for a, _ in pairs]) / np.mean([b for _, b in pairs]))
+
+
+def pooled_ur(entry, model, forget) -> Optional[Fraction]:
+  """The model's forget-class samples over all its samples, pooled over its seeds (exact, so that ties are
+  ties), or None without a ratio."""
+  k = n = 0
+  for s in seeds_of(entry, model, forget):
+    u = entry['eval'][(model, forget, s)].get('unlearning_ratio')
+    if u:
+      k, n = k + int(u['num_forget']), n + int(u['num_samples'])
+  return Fraction(k, n) if n else None
+
+
+def attacked_seeds(entry, model, forget):
+  return sorted(s for (m, f, s) in entry['relearn'] if m == model and f == forget)
+
+
 def best_msgm(entry, forget):
-  """``(model, note, candidates)``: the MSGM setting with the lowest mean Unlearning Ratio on ``forget`` among
-  those whose FID against D_g is within 20 % of their Standard's over the same seeds (a model that forgets by
-  producing noise is not the best setting), and how many settings it was chosen among (for the multiple-test
-  correction). When no setting keeps its FID, the lowest UR of all, with a note that says so (``note`` starts
-  with ``damaged:``); when no FID is measured, the lowest UR with a note that says that. ``(None, '', 0)``
-  when no MSGM setting is evaluated."""
+  """``(model, note, candidates)``: the MSGM setting with the lowest Unlearning Ratio on ``forget`` (its counts
+  pooled over its seeds) among those whose FID against D_g is within 20 % of their Standard's over the same
+  seeds (a model that forgets by producing noise is not the best setting), and how many settings it was chosen
+  among (for the multiple-test correction). A tie goes to the setting measured at more seeds, then attacked at
+  more seeds, then with the lower FID ratio, and the note names the settings it tied with. When no setting
+  keeps its FID, the lowest UR of all, with a note that says so (``note`` starts with ``damaged:``); when no
+  FID is measured, the lowest UR with a note that says that. ``(None, '', 0)`` when no MSGM setting is
+  evaluated."""
   rows = []
   for model in models_of(entry, forget):
     if model not in MSGM:
       continue
-    seeds = seeds_of(entry, model, forget)
-    mean = summary(entry, model, forget, 'ur')[0]
-    if mean is None:
+    ur = pooled_ur(entry, model, forget)
+    if ur is None:
       continue
-    fid = summary(entry, model, forget, 'fid')[0]
-    std = summary(entry, standard_of(model)[0], forget, 'fid', seeds)[0]
-    rows.append((mean, model, None if fid is None or std is None else fid <= 1.2 * std))
+    fid = against_standard(entry, model, forget, 'fid')
+    key = (ur, -len(seeds_of(entry, model, forget)), -len(attacked_seeds(entry, model, forget)),
+           math.inf if fid is None else fid, model)
+    rows.append((key, None if fid is None else fid <= 1.2))
+
+  def pick(candidates):
+    best = min(candidates)[0]
+    tied = [k[-1] for k, _ in candidates if k[0] == best[0] and k != best]
+    note = f'tied with {", ".join(tied)}; chosen for more seeds, then attacks, then a lower FID' if tied else ''
+    return best[-1], note
+
   if not rows:
     return None, '', 0
-  usable = [r for r in rows if r[2]]
+  usable = [r for r in rows if r[1]]
   if usable:
-    return min(usable)[1], '', len(usable)
-  if all(r[2] is None for r in rows):
-    return min(rows)[1], 'FID not measured: damaged samples are not ruled out', len(rows)
-  return min(rows)[1], ('damaged: no MSGM setting evaluated so far keeps its FID within 20 % of Standard\'s: the '
-                        'row is the lowest UR of all, from a model whose samples are damaged'), len(rows)
-
-
-def relearn_after(entry, model, forget):
-  """``{seed: (forget-class samples, samples, step, k)}`` after the last step of each seed's attack (its largest
-  k); seeds whose points do not list their counts are left out."""
-  out = {}
-  for (m, f, seed), body in entry['relearn'].items():
-    if m == model and f == forget and body.get('curves'):
-      curve = max(body['curves'], key=lambda c: c['k'])
-      last = curve['points'][-1]
-      if last.get('num_forget') is not None and last.get('num_samples'):
-        out[seed] = (int(last['num_forget']), int(last['num_samples']), int(last['step']), int(curve['k']))
-  return out
+    return pick(usable) + (len(usable),)
+  model, tie = pick(rows)
+  tie = f'; {tie}' if tie else ''
+  if all(r[1] is None for r in rows):
+    return model, 'FID not measured: damaged samples are not ruled out' + tie, len(rows)
+  return model, ('damaged: no MSGM setting evaluated so far keeps its FID within 20 % of Standard\'s: the '
+                 'row is the lowest UR of all, from a model whose samples are damaged' + tie), len(rows)
 
 
 def relearn_target(entry, best, unseen, forget):
   """``(status, measured)`` of "UR after the relearning attack below Unseen's": met when the best setting's UR
-  after the attack's last step is below Unseen's at every seed both were attacked at and Fisher's exact test on
-  the counts pooled over those seeds gives p < 0.05 (the attacked models' samples share no noise pairing)."""
-  a, u = relearn_after(entry, best, forget), relearn_after(entry, unseen, forget)
-  seeds = sorted(set(a) & set(u))
-  if not seeds:
+  after the attack's last step is below Unseen's at every seed both were attacked at with the same settings
+  (``compare.compare_relearning``; the largest k both ran) and Fisher's exact test on the counts pooled over
+  those seeds gives p < 0.05 (the attacked models' samples share no noise pairing)."""
+  rows = []
+  for seed in attacked_seeds(entry, best, forget):
+    shared = compare_lib.compare_relearning(entry['relearn'].get((unseen, forget, seed)),
+                                            entry['relearn'][(best, forget, seed)])
+    if shared:
+      rows.append(max(shared, key=lambda r: r['k']))
+  if not rows:
     return 'not measured yet', '—'
-  ka, na = sum(a[s][0] for s in seeds), sum(a[s][1] for s in seeds)
-  ku, nu = sum(u[s][0] for s in seeds), sum(u[s][1] for s in seeds)
-  lower = sum(a[s][0] / a[s][1] < u[s][0] / u[s][1] for s in seeds)
+  ku, nu = sum(r['k_a'] for r in rows), sum(r['n_a'] for r in rows)
+  ka, na = sum(r['k_b'] for r in rows), sum(r['n_b'] for r in rows)
+  lower = sum(r['k_b'] / r['n_b'] < r['k_a'] / r['n_a'] for r in rows)
   p = float(scipy_stats.fisher_exact([[ka, na - ka], [ku, nu - ku]]).pvalue)
-  ok = lower == len(seeds) and ka / na < ku / nu and p < 0.05
-  steps, k = a[seeds[0]][2], a[seeds[0]][3]
+  ok = lower == len(rows) and ka / na < ku / nu and p < 0.05
+  steps = '/'.join(sorted({str(r['step']) for r in rows}))
+  k = '/'.join(sorted({str(r['k']) for r in rows}))
   return ('met' if ok else 'missed',
           f'{best}: {100. * ka / na:.1f}% vs {unseen} {100. * ku / nu:.1f}% after {steps} steps, k = {k}, over '
-          f'{len(seeds)} seed(s), lower at {lower}; Fisher p {p:.3g}')
+          f'{len(rows)} seed(s), lower at {lower}; Fisher p {p:.3g}')
 
 
 #: the label of the target "below Unseen" (how it is tested: see ``targets``).
@@ -390,8 +427,7 @@ def targets(part, entry, forget):
   out = []
   best, note, candidates = best_msgm(entry, forget)
   damaged = note.startswith('damaged:')
-  std, unseen = standard_of(best or '')
-  seeds = seeds_of(entry, best, forget) if best else []
+  unseen = standard_of(best or '')[1]
   goal = UR_TARGET.get((part, forget))
   if goal is not None:
     if best is None:
@@ -415,13 +451,10 @@ def targets(part, entry, forget):
                   f'{pooled["b"]:.2f}% vs {pooled["a"]:.2f}% over {len(rows)} seed(s), lower at {lower}; {test} p '
                   f'{p:.3g}, × {candidates} setting(s): {p_adj:.3g}'))
 
-    def ratio(name):
-      b, s = summary(entry, best, forget, name)[0], summary(entry, std, forget, name, seeds)[0]
-      return None if b is None or s is None else b / s
     for label, name, test in (('NLL D_f ≥ 3× Standard', 'nll_forget', lambda r: r >= 3.),
                               ('NLL D_g within 15% of Standard', 'nll_retain', lambda r: r <= 1.15),
                               ('FID vs D_g within 20% of Standard', 'fid', lambda r: r <= 1.2)):
-      r = ratio(name)
+      r = against_standard(entry, best, forget, name)
       out.append((label, 'not measured yet' if r is None else ('met' if test(r) else 'missed'),
                   '—' if r is None else f'{best}: {r:.2f}× Standard'))
     out.append(('UR after the relearning attack below Unseen\'s',) + relearn_target(entry, best, unseen, forget))

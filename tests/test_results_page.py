@@ -231,3 +231,47 @@ def test_the_paper_columns_are_explained_only_where_the_paper_has_numbers(tmp_pa
   assert 'the paper reports no numbers for this set' in digit5 and 'VE SDE' not in digit5.split('\n\n')[1]
   row = next(line for line in digit5.splitlines() if line.startswith('| unseen |'))
   assert row.split('|')[4].strip() == '—'                      # no paper UR beside ours
+
+
+def test_ratios_to_standard_use_the_seeds_both_rows_have(tmp_path):
+  folder = tmp_path / 'results' / 'mnist'
+  folder.mkdir(parents=True)
+  _eval(folder, 'standard', 42, 110, 2.0, 2.0, fid=10.)
+  _eval(folder, 'unseen', 42, 20, 2.0, 2.5, fid=10.)
+  _eval(folder, 'orthogonal', 42, 2, 2.2, 6.2, fid=11.)      # at the shared seed: FID 1.1×, D_f 3.1×
+  _eval(folder, 'orthogonal', 43, 2, 2.2, 3.0, fid=20.)      # no Standard at seed 43 to compare with
+  entry = results_page.load(str(tmp_path / 'results'))['mnist']
+  assert results_page.best_msgm(entry, '3') == ('orthogonal', '', 1)                  # its FID is kept
+  status = {t: (s, m) for t, s, m in results_page.targets('mnist', entry, '3')}
+  assert status['NLL D_f ≥ 3× Standard'] == ('met', 'orthogonal: 3.10× Standard')
+  assert status['FID vs D_g within 20% of Standard'] == ('met', 'orthogonal: 1.10× Standard')
+
+
+def test_attacks_with_different_settings_are_not_compared(tmp_path):
+  folder = _one_seed(tmp_path, '')
+  _relearn(folder, 'orthogonal', 5.)
+  _relearn(folder, 'unseen', 50.)
+  target = "UR after the relearning attack below Unseen's"
+  entry = results_page.load(str(tmp_path / 'results'))['mnist']
+  assert dict((t, s) for t, s, _m in results_page.targets('mnist', entry, '3'))[target] == 'met'
+  body = json.loads((folder / 'relearn__unseen__mnist__3__s42.json').read_text())
+  body['curves'][0]['k'] = 1                           # Unseen attacked with one image: another attack
+  (folder / 'relearn__unseen__mnist__3__s42.json').write_text(json.dumps(body))
+  entry = results_page.load(str(tmp_path / 'results'))['mnist']
+  assert dict((t, s) for t, s, _m in results_page.targets('mnist', entry, '3'))[target] == 'not measured yet'
+
+
+def test_a_tie_for_the_best_setting_is_broken_by_the_measurements_and_said(tmp_path):
+  folder = tmp_path / 'results' / 'mnist'
+  folder.mkdir(parents=True)
+  for model, k in (('standard', 110), ('unseen', 20), ('obtuse', 3), ('mnist-best', 3)):
+    _eval(folder, model, 42, k, 2.0, 2.0, fid=10.)
+  _relearn(folder, 'obtuse', 5.)                       # only Obtuse was attacked
+  entry = results_page.load(str(tmp_path / 'results'))['mnist']
+  best, note, n = results_page.best_msgm(entry, '3')
+  assert (best, n) == ('obtuse', 2) and note.startswith('tied with mnist-best')
+  measured = dict((t, m) for t, _s, m in results_page.targets('mnist', entry, '3'))['best MSGM UR ≤ 0.4%']
+  assert measured == f'obtuse: 0.30% ({note})'
+  _eval(folder, 'mnist-best', 43, 3, 2.0, 2.0, fid=10.)   # now measured at more seeds: it wins the tie
+  entry = results_page.load(str(tmp_path / 'results'))['mnist']
+  assert results_page.best_msgm(entry, '3')[0] == 'mnist-best'
