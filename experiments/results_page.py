@@ -350,8 +350,8 @@ def best_msgm(entry, forget):
   seeds (a model that forgets by producing noise is not the best setting), and how many settings it was chosen
   among (for the multiple-test correction). A tie goes to the setting measured at more seeds, then attacked at
   more seeds, then with the lower FID ratio, and the note names the settings it tied with. When no setting
-  keeps its FID, the lowest UR of all, with a note that says so (``note`` starts with ``damaged:``); when no
-  FID is measured, the lowest UR with a note that says that. ``(None, '', 0)`` when no MSGM setting is
+  keeps its FID, the lowest UR of all, with a note that says so (``note`` starts with ``damaged:``), or that its
+  FID is not measured where it is not. ``(None, '', 0)`` when no MSGM setting is
   evaluated."""
   rows = []
   for model in models_of(entry, forget):
@@ -378,7 +378,7 @@ def best_msgm(entry, forget):
     return pick(usable) + (len(usable),)
   model, tie = pick(rows)
   tie = f'; {tie}' if tie else ''
-  if all(r[1] is None for r in rows):
+  if next(kept for key, kept in rows if key[-1] == model) is None:   # its FID is not measured
     return model, 'FID not measured: damaged samples are not ruled out' + tie, len(rows)
   return model, ('damaged: no MSGM setting evaluated so far keeps its FID within 20 % of Standard\'s: the '
                  'row is the lowest UR of all, from a model whose samples are damaged' + tie), len(rows)

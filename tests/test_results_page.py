@@ -275,3 +275,15 @@ def test_a_tie_for_the_best_setting_is_broken_by_the_measurements_and_said(tmp_p
   _eval(folder, 'mnist-best', 43, 3, 2.0, 2.0, fid=10.)   # now measured at more seeds: it wins the tie
   entry = results_page.load(str(tmp_path / 'results'))['mnist']
   assert results_page.best_msgm(entry, '3')[0] == 'mnist-best'
+
+
+def test_a_best_row_whose_fid_is_unmeasured_is_not_called_damaged(tmp_path):
+  folder = tmp_path / 'results' / 'mnist'
+  folder.mkdir(parents=True)
+  _eval(folder, 'standard', 42, 110, 2.0, 2.0, fid=10.)
+  _eval(folder, 'unseen', 42, 20, 2.0, 2.5, fid=10.)
+  _eval(folder, 'obtuse', 42, 9, 2.0, 2.0, fid=30.)          # damaged: FID 3× Standard's
+  _eval(folder, 'orthogonal', 42, 2, 2.0, 2.0)               # lower UR, FID not measured
+  entry = results_page.load(str(tmp_path / 'results'))['mnist']
+  best, note, n = results_page.best_msgm(entry, '3')
+  assert (best, n) == ('orthogonal', 2) and note.startswith('FID not measured')
