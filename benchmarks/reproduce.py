@@ -24,14 +24,17 @@ in the order it runs:
 * first seed: Orthogonal and Obtuse fine-tuning Standard (Table 2) and the official-code variants
   (elementwise Orthogonal, the official Obtuse sign);
 * first seed: every other method of the family fine-tuning Standard (SFD is left out: it distils a
-  class-conditional teacher), then the attack on these and the variants (first forget set only).
+  class-conditional teacher), then the attack on these and the variants (first forget set only);
+* last, first seed and forget set: the downstream tasks (``downstream/…``: inpainting and reconstruction of D_g
+  and D_f test images, the paper's Tables 5 and 6; ``Part.downstream``) of Standard, Unseen, Obtuse and the
+  best preset.
 
 Every evaluation: Unlearning Ratio on ``--samples`` samples, NLL of D_g and D_f, FID against D_g, the
 membership AUC. The attack (``ATTACK``): k = 32 forget images, the UR after 0, 10, 25, 50 steps on 250 samples.
 
 ``--dry-run`` prints the plan with each stage's estimated time (from the speeds measured on this machine with
 two stages at once, ``SPEED``) and the total; ``--only`` runs the stages whose names match (shell patterns, with what they
-need). ``--results DIR`` copies every evaluation's results.json / relearn.json to ``DIR/<part>/<name>.json``
+need). ``--results DIR`` copies every evaluation's, attack's and downstream stage's results to ``DIR/<part>/<name>.json``
 as its stage finishes (small files: no checkpoints). docs/RESULTS.md is written from those files by
 ``experiments/results_page.py``.
 """
@@ -66,6 +69,8 @@ class Part:
   overrides: Dict[str, object] = dataclasses.field(default_factory=dict)
   family: bool = True
   fid: bool = True
+  #: settings of the downstream stages only (inpainting and reconstruction, docs/downstream.md); None: none
+  downstream: Optional[Dict[str, object]] = None
 
 
 #: the relearning attack of the real-data parts: one attacker (k = 32 forget images, Adam at lr 1e-3), the UR
@@ -75,11 +80,15 @@ class Part:
 #: k = 8, 32, 128 at 0, 50, 100, 200 steps on eval.num_samples, costs about 16 times as much per model.)
 ATTACK = {'relearn.k': '32', 'relearn.steps': '0,10,25,50', 'relearn.num_samples': 250}
 
+#: the downstream tasks of the real-data parts (the paper's Tables 5 and 6): inpainting (the band of rows 14-21)
+#: and reconstruction of 200 D_g test images and up to 200 D_f ones, as docs/downstream.md measured them.
+DOWNSTREAM = {'eval.inpaint': True, 'eval.reconstruct': True, 'eval.downstream_num_images': 200}
+
 PARTS = {
   'mnist': Part('configs.mnist.mnist5k_small', ('3', '3,7'), (42, 43, 44), 0.98, 'configs.mnist.mnist5k_small_ve',
-                overrides=dict(ATTACK)),
+                overrides=dict(ATTACK), downstream=dict(DOWNSTREAM)),
   'fashion': Part('configs.mnist.fashion_mnist_small', ('Trouser', 'Trouser,Bag'), (42, 43, 44), 0.90,
-                  overrides=dict(ATTACK)),
+                  overrides=dict(ATTACK), downstream=dict(DOWNSTREAM)),
   'tiny': Part('configs.toy.gmm2d', ('centre',), (42, 43), 0.,
                overrides={'training.n_iters': 40, 'training.snapshot_freq': 40,
                           'training.snapshot_freq_for_preemption': 20, 'training.snapshot_sampling': False,
@@ -89,26 +98,30 @@ PARTS = {
                           'relearn.steps': '0,5', 'relearn.num_samples': 50, 'mia.num_items': 20,
                           'mia.num_draws': 2, 'sa.samples': 20, 'sa.fisher_times': 1, 'vdu.samples': 20,
                           'vdu.fisher_times': 1, 'noisy_classifier.n_iters': 20, 'device': 'cpu'}),
+  # (model.num_scales 25: the downstream inpainter's discrete steps need β_max/N < 1)
   'tiny-digits': Part('configs.mnist.mnist5k_small', ('3',), (42, 43), 0., fid=False,
                       overrides={'data.dataset': 'DIGITS8X8', 'data.image_size': 8, 'model.nf': 8,
-                                 'model.ch_mult': (1, 2), 'model.num_scales': 20, 'training.n_iters': 8,
+                                 'model.ch_mult': (1, 2), 'model.num_scales': 25, 'training.n_iters': 8,
                                  'training.snapshot_freq': 8, 'training.snapshot_freq_for_preemption': 4,
                                  'training.snapshot_sampling': False, 'training.eval_freq': 0,
                                  'training.batch_size': 16, 'training.batch_size_un': 8, 'eval.num_samples': 32,
                                  'eval.batch_size': 32, 'eval.bpd_num_samples': 8, 'eval.classifier_epochs': 1,
                                  'sampling.ode_rtol': 1e-2, 'sampling.ode_atol': 1e-2, 'relearn.k': '8',
                                  'relearn.steps': '0,2', 'relearn.num_samples': 16, 'mia.num_items': 8,
-                                 'mia.num_draws': 2, 'device': 'cpu'}),
+                                 'mia.num_draws': 2, 'device': 'cpu'},
+                      downstream={'eval.inpaint': True, 'eval.reconstruct': True, 'eval.downstream_num_images': 4,
+                                  'eval.downstream_fid': False}),
 }
 
 #: seconds per training step and per evaluation/attack of one stage on this 2-core CPU while another stage runs
 #: beside it (--jobs 2, one thread each), for the ETA; ``STEP_FACTOR`` scales the step per task. Measured on
 #: MNIST-5k (seed 42): an evaluation at 1,000 samples with NLL, FID and the membership test 820-915 s; the
 #: attack 250-550 s (docs/unlearning.md's family section); the classifier 571 s.
-SPEED = {'mnist': {'step': 0.3, 'start': 15., 'eval': 920., 'relearn': 450., 'classifier': 570.},
-         'fashion': {'step': 0.3, 'start': 60., 'eval': 1000., 'relearn': 450., 'classifier': 600.},
-         'tiny': {'step': 0.005, 'start': 1., 'eval': 3., 'relearn': 3., 'classifier': 0.1},
-         'tiny-digits': {'step': 0.05, 'start': 1., 'eval': 5., 'relearn': 5., 'classifier': 5.}}
+SPEED = {'mnist': {'step': 0.3, 'start': 15., 'eval': 920., 'relearn': 450., 'classifier': 570., 'downstream': 2700.},
+         'fashion': {'step': 0.3, 'start': 60., 'eval': 1000., 'relearn': 450., 'classifier': 600.,
+                     'downstream': 3300.},
+         'tiny': {'step': 0.005, 'start': 1., 'eval': 3., 'relearn': 3., 'classifier': 0.1, 'downstream': 3.},
+         'tiny-digits': {'step': 0.05, 'start': 1., 'eval': 5., 'relearn': 5., 'classifier': 5., 'downstream': 5.}}
 
 #: a training step's time relative to ``SPEED[...]['step']`` (measured on MNIST-5k, seed 42: Standard and
 #: Unseen 0.25 s, Orthogonal and Obtuse 0.3 s, the ratio preset, which also runs its reference model, 0.6 s).
@@ -294,7 +307,17 @@ def run_relearn(stage, folder, inputs):
   return {'results': _relative(folder, os.path.join(folder, relearn.RESULTS_FILENAME))}
 
 
-RUNNERS = {'classifier': run_classifier, 'train': run_train, 'eval': run_eval, 'relearn': run_relearn}
+def run_downstream(stage, folder, inputs):
+  from evaluation import downstream
+  config = _eval_config(stage, folder, inputs)
+  run = at_root(os.path.dirname(os.path.abspath(folder)), inputs[stage.key['run_from']]['workdir'])
+  results = downstream.evaluate_downstream(config, run, stage.key['task'], eval_folder=os.path.abspath(folder),
+                                           progress=False)
+  return {'results': _relative(folder, os.path.join(folder, 'results.json')), 'step': results['step']}
+
+
+RUNNERS = {'classifier': run_classifier, 'train': run_train, 'eval': run_eval, 'relearn': run_relearn,
+           'downstream': run_downstream}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -302,7 +325,7 @@ RUNNERS = {'classifier': run_classifier, 'train': run_train, 'eval': run_eval, '
 
 
 #: the order of the plan's groups: what the issue's targets need first, at every seed, then the rest.
-CORE, CORE_ATTACK, VE, VARIANTS, FAMILY, FAMILY_ATTACK = range(6)
+CORE, CORE_ATTACK, VE, VARIANTS, FAMILY, FAMILY_ATTACK, DOWNSTREAM_TASKS = range(7)
 CORE_MODELS = ('standard', 'unseen', 'orthogonal', 'obtuse')
 
 
@@ -390,6 +413,11 @@ def build_plan(part_name, overrides=None, samples=1000):
         evaluate(f'{name}/{tag}', cfg(), run, core, (CORE_ATTACK, i) if name in attacked else None)
       if seed != first:
         continue
+      if part.downstream and j == 0:   # inpainting and reconstruction: the first seed's first forget set, last
+        for name in ('standard', 'unseen', 'obtuse', best):
+          add(f'downstream/{name}/{tag}', 'downstream',
+              dict(config=eval_key(cfg(part.downstream)), task=types[runs[name]], run_from=runs[name],
+                   classifier_from=clf), (runs[name], clf), speed['downstream'], (DOWNSTREAM_TASKS, j))
       if ve_std:
         ve = lambda: configured(part.ve_config, forget, seed)   # noqa: E731
         ve_runs = {'ve-standard': ve_std}
@@ -461,8 +489,9 @@ def copy_result(root, stage, results_dir, part_name):
   Writes ``<stage name with / as __>.json``: an evaluation's results.json, an attack's relearn.json, a
   classifier's or a training's outputs (with its train_stats), each with a ``stage`` entry (name, hash, wall
   seconds). An evaluation also leaves its per-item NLLs (``.nll.npz``, for paired comparisons) and its sample
-  grid (``.png``) beside it: small files, no checkpoints."""
-  if not results_dir or stage.kind not in ('eval', 'relearn', 'classifier', 'train'):
+  grid (``.png``) beside it, a downstream stage its grids (``.inpaint_retain.png``, …): small files, no
+  checkpoints."""
+  if not results_dir or stage.kind not in ('eval', 'relearn', 'classifier', 'train', 'downstream'):
     return 0
   record = stages.record_of(root, stage)
   if record is None:
@@ -471,7 +500,7 @@ def copy_result(root, stage, results_dir, part_name):
   body = record['outputs']
   os.makedirs(os.path.dirname(stem), exist_ok=True)
   extras = {}
-  if stage.kind in ('eval', 'relearn'):
+  if stage.kind in ('eval', 'relearn', 'downstream'):
     with open(at_root(root, record['outputs']['results'])) as f:
       body = json.load(f)
     folder = os.path.dirname(at_root(root, record['outputs']['results']))
@@ -481,6 +510,9 @@ def copy_result(root, stage, results_dir, part_name):
   if stage.kind == 'relearn':
     from evaluation import relearn
     extras = {relearn.PLOT_FILENAME: '.png'}
+  if stage.kind == 'downstream':   # rows: original, masked, inpainted / original, reconstructed
+    extras = {f'{task}_{part}_{body["step"]}.png': f'.{task}_{part}.png'
+              for task in ('inpaint', 'reconstruct') for part in ('retain', 'forget')}
   for name, suffix in extras.items():
     if os.path.isfile(os.path.join(folder, name)):
       shutil.copyfile(os.path.join(folder, name), stem + suffix + '.tmp')

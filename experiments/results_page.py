@@ -72,14 +72,15 @@ def load(results_dir, current=None) -> Dict[str, dict]:
       body = json.load(f)
     name = body.get('stage', {}).get('name', '')
     bits = name.split('/')
-    entry = parts.setdefault(part, {'eval': {}, 'relearn': {}, 'train': {}, 'classifier': None, 'stale': []})
+    entry = parts.setdefault(part, {'eval': {}, 'relearn': {}, 'train': {}, 'downstream': {}, 'classifier': None,
+                                    'stale': []})
     if current and part in current and current[part].get(name) != body.get('stage', {}).get('hash'):
       entry['stale'].append(name or os.path.basename(path))
       continue
     if bits[0] == 'classifier':
       entry['classifier'] = body
       continue
-    if bits[0] not in ('eval', 'relearn', 'train') or len(bits) < 4:
+    if bits[0] not in ('eval', 'relearn', 'train', 'downstream') or len(bits) < 4:
       continue
     model, seed = bits[1], int(bits[-1].lstrip('s'))
     forget = bits[3] if len(bits) == 5 else '*'
@@ -89,6 +90,9 @@ def load(results_dir, current=None) -> Dict[str, dict]:
     if bits[0] in ('eval', 'relearn'):   # its sample grid or its attack's curves
       png = path[:-len('.json')] + '.png'
       body['_png'] = os.path.relpath(png, results_dir) if os.path.isfile(png) else None
+    if bits[0] == 'downstream':   # its grids: original / masked / inpainted, original / reconstructed
+      body['_grids'] = {name: os.path.relpath(f, results_dir) for name in DOWNSTREAM_GRIDS
+                        for f in [path[:-len('.json')] + f'.{name}.png'] if os.path.isfile(f)}
     entry[bits[0]][(model, forget, seed)] = body
   return parts
 
@@ -147,9 +151,7 @@ def models_of(entry, forget):
   for (model, f, _seed) in entry['eval']:
     if f == forget and model not in seen:
       seen.append(model)
-  order: Dict[str, int] = {}
-  for m in SCRATCH + MSGM:   # the first place a model is named: the VP rows, then the VE rows, then the rest
-    order.setdefault(m, len(order))
+  order = models_order()   # the first place a model is named: the VP rows, then the VE rows, then the rest
   return sorted(seen, key=lambda m: (order.get(m, len(order)), m))
 
 
@@ -463,6 +465,43 @@ def targets(part, entry, forget):
   return out
 
 
+#: the grids a downstream stage leaves beside its JSON (``benchmarks/reproduce.py``'s ``copy_result``).
+DOWNSTREAM_GRIDS = ('inpaint_retain', 'inpaint_forget', 'reconstruct_retain', 'reconstruct_forget')
+
+
+def downstream_section(entry, forget, rel):
+  """The downstream tasks of ``forget`` laid out like the paper's Tables 5 and 6 (``downstream_report``), one
+  column per model (its first seed), with the grids of D_f; '' when none ran."""
+  from types import SimpleNamespace
+
+  from evaluation import downstream_report
+  runs = sorted(((m, s, b) for (m, f, s), b in entry['downstream'].items() if f == forget),
+                key=lambda r: (models_order().get(r[0], len(models_order())), r[0], r[1]))
+  firsts = [(m, s, b) for i, (m, s, b) in enumerate(runs) if all(m != r[0] for r in runs[:i])]
+  if not firsts:
+    return ''
+  table = SimpleNamespace(columns=[m for m, _s, _b in firsts],
+                          runs=[{'results': b, 'column': m, 'name': f'seed {s}'} for m, s, b in firsts])
+  text = [downstream_report.to_markdown(table, task) for task in downstream_report.TASKS]
+  out = ['Downstream tasks (the paper\'s Tables 5 and 6; `evaluation/downstream.py`, docs/downstream.md: the same '
+         'seeded D_g and D_f test images for every model):\n'] + [t.replace('### ', '#### ') for t in text if t]
+  grids = [(m, s, name, b['_grids'][name]) for m, s, b in firsts for name in ('inpaint_forget', 'reconstruct_forget')
+           if name in (b.get('_grids') or {})]
+  if grids:
+    out.append('D_f restored (rows: original, masked, inpainted; original, reconstructed):\n')
+    out.append(' '.join(f'<img src="{rel}/{p}" width="200" title="{name} {m} s{s}">' for m, s, name, p in grids)
+               + '\n')
+  return '\n'.join(out)
+
+
+def models_order():
+  """The tables' order of the models (``SCRATCH`` then ``MSGM``): the first place each is named."""
+  order: Dict[str, int] = {}
+  for m in SCRATCH + MSGM:
+    order.setdefault(m, len(order))
+  return order
+
+
 def relearn_table(entry, forget):
   rows = sorted(((m, s, b) for (m, f, s), b in entry['relearn'].items() if f == forget), key=lambda r: r[:2])
   if not rows:
@@ -562,12 +601,14 @@ def page(results_dir, out_path, workdir=None, header=''):
         lines.append('Paired comparisons of each MSGM setting against the paper\'s form at its defaults that it '
                      'varies (same seed; model − default):\n')
         lines.append(paired_table(entry, forget, models, reference='default'))
-      lines.append('Targets (the best MSGM setting = the lowest mean UR among the MSGM rows whose FID against D_g '
-                   'is within 20 % of Standard\'s; "below Unseen": lower at every seed, and a pooled exact test — '
+      lines.append('Targets (the best MSGM setting = the lowest UR, its counts pooled over its seeds, among the MSGM '
+                   'rows whose FID against D_g is within 20 % of Standard\'s over the seeds both have, a tie going '
+                   'to the setting measured at more seeds, then attacked at more; every ratio to Standard over the '
+                   'seeds both rows have; "below Unseen": lower at every seed, and a pooled exact test — '
                    'McNemar\'s on samples paired by their noise where every seed lists its samples, else '
                    'Fisher\'s on the counts — Bonferroni-corrected over the settings the best was chosen among, '
-                   'p < 0.05; the attack: lower after its last step at every seed both were attacked at, Fisher\'s '
-                   'test on the pooled counts, p < 0.05):\n')
+                   'p < 0.05; the attack: lower after its last step at every seed both were attacked at with the same '
+                   'settings, Fisher\'s test on the pooled counts, p < 0.05):\n')
       lines.append('| target | status | measured |\n|---|---|---|')
       lines += [f'| {t} | {s} | {m} |' for t, s, m in targets(part, entry, forget)]
       lines.append('')
@@ -580,6 +621,9 @@ def page(results_dir, out_path, workdir=None, header=''):
         if plots:
           lines.append(' '.join(f'<img src="{rel}/{p}" width="240" title="attack on {m} s{s}">' for m, s, p in plots)
                        + '\n')
+      ds = downstream_section(entry, forget, rel)
+      if ds:
+        lines.append(ds)
       grids = [(m, s, entry['eval'][(m, forget, s)]['_png']) for m in models for s in seeds_of(entry, m, forget)[:1]
                if entry['eval'][(m, forget, s)].get('_png')]
       if grids:

@@ -169,6 +169,10 @@ def test_the_mnist_plan_runs_the_targets_first_and_leaves_sfd_out():
   assert 'relearn/salun/mnist/3/s42' in attacks and 'relearn/salun/mnist/3+7/s42' not in attacks
   assert 'relearn/mnist-best/mnist/3+7/s42' in attacks
   assert names.count('train/ve-standard/mnist/s42') == 1 and names.count('train/standard/mnist/s43') == 1
+  # last: inpainting and reconstruction (Tables 5 and 6) of the core models and the best preset, first seed and set
+  downstream = [n for n in names if n.startswith('downstream/')]
+  assert names[-len(downstream):] == downstream == [f'downstream/{m}/mnist/3/s42' for m in
+                                                     ('standard', 'unseen', 'obtuse', 'mnist-best')]
 
 
 def test_the_digits_grid_runs_in_two_processes_once_and_feeds_the_page(tmp_path, capsys):
@@ -183,6 +187,25 @@ def test_the_digits_grid_runs_in_two_processes_once_and_feeds_the_page(tmp_path,
   text = results_page.page(str(tmp_path / 'res'), str(tmp_path / 'RESULTS.md'))
   assert '### tiny-digits: forget 3' in text and '| unseen | 1 |' in text and '| standard | 1 |' in text
   assert 'Relearning attack' in text and '| unseen | 42 | 8 | 0:' in text
+
+
+def test_the_downstream_stage_runs_on_the_digits_and_feeds_the_page(tmp_path, capsys):
+  from experiments import results_page
+  args = ['--workdir', str(tmp_path / 'w'), '--part', 'tiny-digits', '--only', 'downstream/unseen/*s42',
+          '--results', str(tmp_path / 'res'), '--noprogress']
+  assert reproduce.main(args) == 0
+  assert 'tiny-digits: 3 stages ran' in capsys.readouterr().out       # classifier, Unseen, its downstream tasks
+  body = json.loads((tmp_path / 'res' / 'tiny-digits' / 'downstream__unseen__tiny-digits__3__s42.json').read_text())
+  for task in ('inpainting', 'reconstruction'):
+    assert body[task]['num_images'] == {'retain': 4, 'forget': 4} and body[task]['retain']['fid'] is None
+    assert 0 <= body[task]['forget']['acc']['percent'] <= 100
+  assert (tmp_path / 'res' / 'tiny-digits' / 'downstream__unseen__tiny-digits__3__s42.inpaint_forget.png').is_file()
+  (tmp_path / 'res' / 'tiny-digits' / 'eval__unseen__tiny-digits__3__s42.json').write_text(json.dumps(
+    {'unlearning_ratio': None, 'stage': {'name': 'eval/unseen/tiny-digits/3/s42', 'seconds': 1.}}))
+  text = results_page.page(str(tmp_path / 'res'), str(tmp_path / 'RESULTS.md'))
+  assert '#### Table 5 layout: inpainting' in text and '#### Table 6 layout: reconstruction' in text
+  assert '| Metric | Clean | unseen |' in text
+  assert 'downstream__unseen__tiny-digits__3__s42.inpaint_forget.png' in text
 
 
 def test_a_relative_workdir_keeps_each_evaluation_in_its_stage_folder(tmp_path, monkeypatch, capsys):
