@@ -506,11 +506,22 @@ def relearn_table(entry, forget):
   rows = sorted(((m, s, b) for (m, f, s), b in entry['relearn'].items() if f == forget), key=lambda r: r[:2])
   if not rows:
     return ''
-  lines = ['| model | seed | k | UR % after each attack step | mean UR % over the attack |', '|---|---|---|---|---|']
+  lines = ['| model | seed | k | UR % after each attack step | mean UR % over the attack | most drawn class (% of '
+           'samples) after each step |', '|---|---|---|---|---|---|']
+
+  def top(point):
+    hist, n = point.get('class_histogram'), point.get('num_samples')
+    if not hist or not n:
+      return None
+    name = max(hist, key=hist.get)
+    return f'{point["step"]}: {name} ({100. * hist[name] / n:.0f})'
   for model, seed, body in rows:
     for c in body.get('curves', []):
       pts = ', '.join(f'{p["step"]}: {p["percent"]:.1f}' for p in c['points'])
-      lines.append(f'| {model} | {seed} | {c["k"]} | {pts} | {c["area"]["mean_percent"]:.1f} |')
+      tops = [top(p) for p in c['points']]
+      tops = '—' if all(t is None for t in tops) else \
+        ', '.join(t or f'{p["step"]}: —' for t, p in zip(tops, c['points']))
+      lines.append(f'| {model} | {seed} | {c["k"]} | {pts} | {c["area"]["mean_percent"]:.1f} | {tops} |')
   return '\n'.join(lines) + '\n'
 
 

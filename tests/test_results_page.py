@@ -287,3 +287,16 @@ def test_a_best_row_whose_fid_is_unmeasured_is_not_called_damaged(tmp_path):
   entry = results_page.load(str(tmp_path / 'results'))['mnist']
   best, note, n = results_page.best_msgm(entry, '3')
   assert (best, n) == ('orthogonal', 2) and note.startswith('FID not measured')
+
+
+def test_the_attack_table_says_what_each_point_drew_where_it_is_recorded(tmp_path):
+  folder = _one_seed(tmp_path, '')
+  _relearn(folder, 'unseen', 50.)
+  _relearn(folder, 'orthogonal', 5.)
+  body = json.loads((folder / 'relearn__unseen__mnist__3__s42.json').read_text())
+  body['curves'][0]['points'][1]['class_histogram'] = {'3': 100, '8': 60, '1': 40}   # of 200 samples
+  (folder / 'relearn__unseen__mnist__3__s42.json').write_text(json.dumps(body))
+  text = results_page.page(str(tmp_path / 'results'), str(tmp_path / 'RESULTS.md'))
+  rows = {line.split('|')[1].strip(): line for line in text.splitlines() if line.startswith('| ') and '| 42 | 32 |' in line}
+  assert rows['unseen'].rstrip().endswith('| 0: —, 100: 3 (50) |')  # step 0 lists no histogram
+  assert rows['orthogonal'].rstrip().endswith('| — |')              # none recorded: one dash
