@@ -149,9 +149,18 @@ def load_config(module, overrides):
   return config
 
 
+#: config keys added after stages of the plan had finished, with their defaults: a key at its default is left out
+#: of the hash, so adding a key to the config recomputes no finished stage (setting it does).
+LATER_KEYS = {('unlearn', 'low_noise_push'): 0., ('unlearn', 'low_noise_t_max'): 0.05}
+
+
 def config_key(config, drop=()):
-  """The resolved config as plain JSON data (what a stage's hash covers), without the sections ``drop``."""
+  """The resolved config as plain JSON data (what a stage's hash covers), without the sections ``drop`` and
+  without the ``LATER_KEYS`` that hold their defaults."""
   key = json.loads(utils.config_to_json(config))
+  for (section, name), default in LATER_KEYS.items():
+    if section in key and key[section].get(name, default) == default:
+      key[section].pop(name, None)
   return {k: v for k, v in key.items() if k not in drop}
 
 

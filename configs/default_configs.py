@@ -166,6 +166,8 @@ def get_base_config():
   unlearn.forget_t_min = 0.              # the forget term is drawn on t ∈ [forget_t_min, forget_t_max]
   unlearn.forget_t_max = 1.
   unlearn.reference = ''                 # frozen reference checkpoint: forget terms act on s − s_ref
+  unlearn.low_noise_push = 0.            # κ' > 0: Obtuse adds the target form with push κ' on t ≤ low_noise_t_max
+  unlearn.low_noise_t_max = 0.05
   unlearn.preset = ''                    # a named setting (see presets.py), e.g. toy-best
   # obtuse_form='hole': a hole of depth hole_depth (nats) where log p_f,t/p_g,t > hole_log_ratio
   unlearn.classifier = ''                # noisy-classifier checkpoint (--mode train_noisy_classifier) | exact (toy)

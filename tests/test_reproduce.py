@@ -268,6 +268,19 @@ def test_a_stage_hash_covers_what_the_stage_reads_and_nothing_else():
     reproduce.build_plan('tiny', {'eval.enable_loss': True})
 
 
+def test_a_key_added_later_leaves_finished_hashes_alone_until_it_is_set():
+  """``LATER_KEYS``: a stage recorded before a key existed keeps its hash while the key holds its default."""
+  plan = reproduce.build_plan('tiny', {})
+  for (section, name), default in reproduce.LATER_KEYS.items():
+    config = reproduce.from_key(plan[-1].key['config'])
+    assert config[section][name] == default and name not in reproduce.config_key(config)[section]
+    old = reproduce.config_key(config)        # what a stage recorded before the key was added
+    assert reproduce.config_key(reproduce.from_key(old)) == old
+  base = {s.name: s.hash for s in plan}
+  pushed = {s.name: s.hash for s in reproduce.build_plan('tiny', {'unlearn.low_noise_push': 1.})}
+  assert {n for n in base if pushed[n] != base[n]} == set(base) - {'classifier/tiny'}
+
+
 def test_a_trained_model_does_not_depend_on_the_sampler_or_its_snapshots(tmp_path):
   """Why a training stage's hash may leave the sampler out: snapshot images draw their own noise, so the
   weights are the same bit for bit with or without them and with another sampler."""

@@ -290,6 +290,55 @@ def test_forget_time_range_and_frozen_reference():
     obtuse_fn(config, continuous=False)
 
 
+class CallsNet(LinearNet):
+  """A zero score network (a = b = 0) that keeps the times of every call."""
+
+  def __init__(self):
+    super().__init__()
+    self.a.data.zero_()
+    self.b.data.zero_()
+    self.calls = []
+
+  def forward(self, x, labels):
+    self.calls.append(labels.detach().clone() / 999.)
+    return super().forward(x, labels)
+
+
+def test_low_noise_term_adds_the_target_form_at_low_noise():
+  """With a zero score and no reference the paper's linear term is 0 and the added target term is
+  w R((κ' z)²) = κ'² mean(z²) (VP, w = λ/σ² = 1), i.e. κ'² ± a few hundredths over 4,096 dimensions; it
+  draws its own t on [0, low_noise_t_max] while the form's term keeps its range."""
+  config = get_base_config()
+  config.unlearn.forget_t_min, config.unlearn.forget_t_max = 0.2, 0.7
+  config.unlearn.low_noise_push, config.unlearn.low_noise_t_max = 2., 0.05
+  net = CallsNet()
+  objective = obtuse.build(context(config, model=net))
+  rows = objective.forget_fn(net, torch.randn(32, 4096), torch.Generator().manual_seed(0))
+  assert rows.shape == (32,)
+  torch.testing.assert_close(rows, torch.full((32,), 4.), atol=0.25, rtol=0.)
+  assert len(net.calls) == 2
+  form_t, low_t = net.calls
+  assert form_t.min() >= 0.2 and form_t.max() <= 0.7
+  assert low_t.max() <= 0.05 and low_t.min() >= 0.
+  config.unlearn.low_noise_push = 0.             # the default: the form's term alone
+  net = CallsNet()
+  rows = obtuse.build(context(config, model=net)).forget_fn(net, torch.randn(32, 4096))
+  assert len(net.calls) == 1 and torch.all(rows == 0.)
+
+
+def test_low_noise_term_refusals():
+  config = get_base_config()
+  config.unlearn.low_noise_push = -1.
+  with pytest.raises(ValueError, match='low_noise_push must be >= 0'):
+    obtuse.build(context(config))
+  config.unlearn.low_noise_push, config.unlearn.low_noise_t_max = 1., 0.
+  with pytest.raises(ValueError, match=r'low_noise_t_max in \(0, 1\]'):
+    obtuse.build(context(config))
+  config.unlearn.low_noise_t_max = 0.05
+  with pytest.raises(ValueError, match='low_noise_push needs continuous training'):
+    obtuse.build(context(config, continuous=False))
+
+
 def test_obtuse_form_switch_and_refusals():
   config = get_base_config()
   config.unlearn.obtuse_form = 'hinge'

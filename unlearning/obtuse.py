@@ -6,7 +6,8 @@ forget point (MSGM, for highly overlapping D_g / D_f), and its extensions (docs/
 Config: ``unlearn.alpha`` (0.99), ``unlearn.forget_every`` (4), ``unlearn.obtuse_sign`` ('paper' |
 'official': the official code's opposite sign), ``unlearn.obtuse_form`` ('linear' = paper, 'target',
 'ratio', 'negative_dsm', 'hole'), ``unlearn.push`` (κ of target/ratio), ``unlearn.forget_t_min/max``,
-``unlearn.reference`` (ratio and hole need it), ``unlearn.classifier`` and ``unlearn.hole_*`` (hole).
+``unlearn.reference`` (ratio and hole need it), ``unlearn.classifier`` and ``unlearn.hole_*`` (hole),
+``unlearn.low_noise_push`` / ``unlearn.low_noise_t_max`` (an added target-form term at low noise; 0 = none).
 """
 from absl import logging
 
@@ -106,6 +107,34 @@ def obtuse_term(unlearn, reduce_mean):
           'hole': lambda p, g: obtuse_hole_loss(p, reduce_mean)}[form]
 
 
+def low_noise_term(ctx, reference):
+  """The optional second forget term (``unlearn.low_noise_push`` κ' > 0): the ``target`` form with push κ' on
+  t ∈ [0, ``unlearn.low_noise_t_max``], added row by row to the form's own term, ``L_f = L_form + L_low [B]``.
+  Each term draws its own t and noise. Which digit a sample becomes is decided at middle noise levels, the
+  likelihood of a held-out forget image mostly at low ones (docs/unlearning.md): this term digs the hole
+  ``p_ref · p_f,t^(−κ')`` there while the form's term acts on its own time range. None when κ' = 0."""
+  u = ctx.config.unlearn
+  push = float(u.get('low_noise_push', 0.))
+  if push == 0.:
+    return None
+  t_max = float(u.get('low_noise_t_max', 0.05))
+  if push < 0. or not 0. < t_max <= 1.:
+    raise ValueError(f'unlearn.low_noise_push must be >= 0 and unlearn.low_noise_t_max in (0, 1], got {push}, '
+                     f'{t_max}')
+  if not ctx.config.training.continuous:
+    raise ValueError('unlearn.low_noise_push needs continuous training (training.continuous=True)')
+  reduce_mean = ctx.reduce_mean
+  return ctx.loss_fn(lambda p, g: obtuse_target_loss(p, reduce_mean, push), t_range=(0., t_max),
+                     reference=reference)
+
+
+def summed(first, second):
+  """``fn(model, x, generator) -> [B]``: the row-wise sum of two per-sample terms (``second`` may be None)."""
+  if second is None:
+    return first
+  return lambda model, x, generator=None: first(model, x, generator) + second(model, x, generator)
+
+
 def build(ctx):
   config, u = ctx.config, ctx.config.unlearn
   term = obtuse_term(u, ctx.reduce_mean)
@@ -127,6 +156,7 @@ def build(ctx):
   elif u.get('classifier'):
     logging.warning("unlearn.classifier is set but only obtuse_form='hole' uses it (form is '%s')", form)
   forget = ctx.loss_fn(term, t_range=forget_time_range(u), reference=reference, tilt_fn=tilt)
+  forget = summed(forget, low_noise_term(ctx, reference))
   alpha, every = msgm_schedule(config)
   return Objective(dsm_term(ctx), forget, alpha, every)
 
@@ -179,6 +209,7 @@ METHOD = register(Method(
   needs=('a reference model for the ratio and hole forms', 'a noisy classifier for the hole form'),
   keys=('unlearn.alpha', 'unlearn.forget_every', 'unlearn.obtuse_sign', 'unlearn.obtuse_form', 'unlearn.push',
         'unlearn.forget_t_min', 'unlearn.forget_t_max', 'unlearn.reference', 'unlearn.classifier',
-        'unlearn.hole_depth', 'unlearn.hole_log_ratio', 'unlearn.hole_sharpness', 'unlearn.hole_forget_fraction'),
+        'unlearn.hole_depth', 'unlearn.hole_log_ratio', 'unlearn.hole_sharpness', 'unlearn.hole_forget_fraction',
+        'unlearn.low_noise_push', 'unlearn.low_noise_t_max'),
   paper='MSGM (ICCV 2025), Eq. of Obtuse-MSGM; extensions of this project (docs/unlearning.md)',
   presets=PRESETS))
