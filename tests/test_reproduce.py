@@ -169,6 +169,17 @@ def test_the_mnist_plan_runs_the_targets_first_and_leaves_sfd_out():
   assert 'relearn/salun/mnist/3/s42' in attacks and 'relearn/salun/mnist/3+7/s42' not in attacks
   assert 'relearn/mnist-best/mnist/3+7/s42' in attacks
   assert names.count('train/ve-standard/mnist/s42') == 1 and names.count('train/standard/mnist/s43') == 1
+  # the likelihood preset fine-tunes each seed's Standard with that seed's Unseen as reference, among the targets'
+  # models; its attack at the first seed only
+  plan = {s.name: s for s in reproduce.build_plan('mnist')}
+  for f in ('3', '3+7'):
+    for seed in (42, 43, 44):
+      stage = plan[f'train/mnist-nll-ft/mnist/{f}/s{seed}']
+      assert stage.key['pretrained_from'] == f'train/standard/mnist/s{seed}'
+      assert stage.key['reference_from'] == f'train/unseen/mnist/{f}/s{seed}'
+      assert reproduce.from_key(stage.key['config']).training.n_iters == reproduce.FINE_TUNE_STEPS
+      assert names.index(f'eval/mnist-nll-ft/mnist/{f}/s{seed}') < names.index('relearn/unseen/mnist/3/s42')
+  assert 'relearn/mnist-nll-ft/mnist/3/s42' in attacks and 'relearn/mnist-nll-ft/mnist/3/s43' not in attacks
   # last: inpainting and reconstruction (Tables 5 and 6) of the core models and the best preset, first seed and set
   downstream = [n for n in names if n.startswith('downstream/')]
   assert names[-len(downstream):] == downstream == [f'downstream/{m}/mnist/3/s42' for m in
@@ -187,6 +198,18 @@ def test_the_digits_grid_runs_in_two_processes_once_and_feeds_the_page(tmp_path,
   text = results_page.page(str(tmp_path / 'res'), str(tmp_path / 'RESULTS.md'))
   assert '### tiny-digits: forget 3' in text and '| unseen | 1 |' in text and '| standard | 1 |' in text
   assert 'Relearning attack' in text and '| unseen | 42 | 8 | 0:' in text
+
+
+def test_the_likelihood_preset_fine_tunes_standard_with_the_low_noise_term(tmp_path, capsys):
+  args = ['--workdir', str(tmp_path / 'w'), '--part', 'tiny-digits', '--only', 'train/mnist-nll-ft/*s42',
+          '--noprogress']
+  assert reproduce.main(args) == 0
+  assert 'tiny-digits: 3 stages ran' in capsys.readouterr().out       # Standard, Unseen, the fine-tuning
+  folder = next((tmp_path / 'w' / 'tiny-digits').glob('train_mnist-nll-ft_*'))
+  config = json.loads((folder / 'config.json').read_text())
+  assert config['unlearn']['low_noise_push'] == 2. and config['unlearn']['obtuse_form'] == 'ratio'
+  assert config['unlearn']['reference'].endswith('checkpoint_1.pth') and 'train_unseen_' in config['unlearn']['reference']
+  assert 'train_standard_' in config['training']['pretrained']
 
 
 def test_the_downstream_stage_runs_on_the_digits_and_feeds_the_page(tmp_path, capsys):
