@@ -375,5 +375,11 @@ def test_presets():
   presets.apply_preset(config, 'obtuse')      # the ratio form needs no classifier
   assert config.unlearn.obtuse_form == 'ratio' and config.unlearn.push == 16.
   config.unlearn.preset = 'best-ever'
-  with pytest.raises(ValueError, match="unknown unlearn.preset 'best-ever'; valid: mnist-best, toy-best, toy-ratio"):
+  with pytest.raises(ValueError, match="unknown unlearn.preset 'best-ever'; valid: mnist-best, mnist-nll, toy-best, "
+                     "toy-ratio"):
     presets.apply_preset(config, 'obtuse')
+  config.unlearn.preset = 'mnist-nll'                # mnist-best's ratio term plus the low-noise term
+  presets.apply_preset(config, 'obtuse')
+  u = config.unlearn
+  assert (u.obtuse_form, u.push, u.forget_t_min, u.forget_t_max, u.low_noise_push, u.low_noise_t_max) == \
+    ('ratio', 1., 0.2, 0.7, 2., 0.05)
