@@ -7,7 +7,8 @@
   python main.py --config configs/mnist/mnist5k_small.py --workdir W --mode inpaint   # or reconstruct
   python main.py --config configs/toy/gmm2d.py --workdir W --task square --mode relearn   # the relearning attack
 
-``--config.a.b=v`` overrides any config key; an unknown key is an error. ``--task`` takes the readable
+``--config.a.b=v`` overrides any config key; an unknown key is an error, and so is a flag that sets a key of
+``--config.unlearn.preset`` to another value than the preset's. ``--task`` takes the readable
 names (standard, unseen, orthogonal, obtuse, erase) or the official ones (normal, no_u, square, norm,
 erase). Bad input ends with one error line and exit status 1.
 
@@ -117,6 +118,11 @@ def run_mode(config, grouped):
         logging.set_verbosity(logging.ERROR)   # rank 0 logs for the group
         FLAGS.progress = False
     unlearning.get_method(FLAGS.task)
+    conflicts = unlearning.preset_conflicts(config.get('unlearn', {}).get('preset', ''),
+                                            config_flags.get_override_values(FLAGS['config']))
+    if conflicts:
+      raise ValueError(f"{', '.join(conflicts)}: a preset sets its keys itself; drop --config.unlearn.preset "
+                       'and give every key of it as flags, or drop the flag')
     if FLAGS.mode == 'train':
       run_lib.train(config, FLAGS.workdir, FLAGS.task, FLAGS.finetune, progress=FLAGS.progress)
     elif FLAGS.mode == 'eval':

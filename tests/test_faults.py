@@ -355,6 +355,8 @@ def test_two_concurrent_cli_runs_the_second_is_refused_and_a_killed_run_resumes(
   (['--config.training.nonsense=1'], "unknown config key 'nonsense'"),
   (['--config.training.n_iters=abc'], 'invalid literal'),
   (['--task=forgetting'], "unknown task 'forgetting'"),
+  (['--task=obtuse', '--config.unlearn.preset=toy-ratio', '--config.unlearn.reference=u.pth',
+    '--config.unlearn.push=2'], 'unlearn.push=2.0 (preset toy-ratio sets 16.0): a preset sets its keys itself'),
 ])
 def test_bad_command_lines_give_one_line(tmp_path, extra, expected):
   code, out, err = cli(*TOY, '--workdir', str(tmp_path / 'w'), *extra)

@@ -354,6 +354,19 @@ def test_obtuse_form_switch_and_refusals():
     obtuse.build(context(config))
 
 
+def test_preset_conflicts_lists_the_flags_a_preset_would_overwrite():
+  conflicts = unlearning.preset_conflicts
+  # toy-ratio: ratio form, push 16, alpha 0.98, every step, t in [0, 0.1]
+  assert conflicts('toy-ratio', {}) == []
+  assert conflicts('toy-ratio', {'unlearn.push': 16., 'unlearn.alpha': 0.98}) == []      # the preset's own values
+  assert conflicts('toy-ratio', {'unlearn.reference': 'u.pth', 'training.n_iters': 9}) == []  # keys it leaves alone
+  assert conflicts('toy-ratio', {'unlearn.push': 2., 'unlearn.forget_t_max': 0.7, 'unlearn.alpha': 0.98}) == [
+    'unlearn.push=2.0 (preset toy-ratio sets 16.0)', 'unlearn.forget_t_max=0.7 (preset toy-ratio sets 0.1)']
+  assert conflicts('mnist-nll', {'unlearn.low_noise_push': 4.}) == [
+    'unlearn.low_noise_push=4.0 (preset mnist-nll sets 2.0)']
+  assert conflicts('', {'unlearn.push': 2.}) == [] and conflicts('best-ever', {'unlearn.push': 2.}) == []
+
+
 def test_presets():
   presets = unlearning
   config = get_base_config()

@@ -4,7 +4,7 @@ Every method module registers a ``base.Method``; importing this package imports 
 registry is always full. docs/unlearning.md has the table of methods, equations, needs and sources.
 """
 from unlearning.base import Context, Method, Objective, get_method, register, registered
-from unlearning.presets import all_presets, apply_preset
+from unlearning.presets import all_presets, apply_preset, preset_conflicts
 from unlearning.step import get_step_fn
 
 # The methods (import order = the order of tables and reports).

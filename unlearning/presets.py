@@ -1,8 +1,9 @@
 """Named settings: ``--config.unlearn.preset=NAME`` sets a group of config keys of one method.
 
 Each method module declares its presets (``Method.presets``); a preset can be used only with its method.
-Keys the preset sets override the config file and command line (the resolved values are saved in
-W/config.json). A preset that needs a frozen reference model says how to obtain one (``reference``) and is
+Keys the preset sets override the config file (the resolved values are saved in W/config.json); a command
+line that sets one of them to another value is refused (``preset_conflicts``), so that a flag is never dropped
+without a word. A preset that needs a frozen reference model says how to obtain one (``reference``) and is
 refused while ``config.unlearn.reference`` is unset; one that needs a noisy classifier (``classifier``)
 likewise while ``config.unlearn.classifier`` is unset. docs/unlearning.md says how each was chosen.
 """
@@ -17,6 +18,27 @@ def all_presets():
       if name in out:
         raise ValueError(f'preset {name!r} is declared by {out[name][0].name} and {method.name}')
       out[name] = (method, preset)
+  return out
+
+
+def preset_conflicts(name, overrides):
+  """The command-line overrides that a preset would overwrite with another value.
+
+  ``overrides``: ``{'section.key': value}`` as given on the command line (``--config.section.key=value``);
+  returns ``['section.key=value (preset NAME sets V)', ...]``, empty for an unset or unknown preset name (which
+  ``apply_preset`` reports).
+  """
+  presets = all_presets()
+  if not name or name not in presets:
+    return []
+  out = []
+  for section, values in presets[name][1].items():
+    if section in ('reference', 'classifier', 'note'):
+      continue
+    for key, value in values.items():
+      given = overrides.get(f'{section}.{key}', value)
+      if given != value:
+        out.append(f'{section}.{key}={given} (preset {name} sets {value})')
   return out
 
 
