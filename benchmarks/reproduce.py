@@ -38,7 +38,10 @@ membership AUC. The attack (``ATTACK``): k = 32 forget images, the UR after 0, 1
 two stages at once, ``SPEED``) and the total; ``--only`` runs the stages whose names match (shell patterns, with what they
 need). ``--results DIR`` copies every evaluation's, attack's and downstream stage's results to ``DIR/<part>/<name>.json``
 as its stage finishes (small files: no checkpoints). docs/RESULTS.md is written from those files by
-``experiments/results_page.py``.
+``experiments/results_page.py``. A stage whose results are already in ``--results`` under its current hash counts
+as done even when the workdir is new (another machine, a lost disk): it is left out of the run unless a stage still
+to run needs its outputs (a published training that an unpublished evaluation reads is trained again, checkpoints
+not being published); ``--rerun-published`` runs such stages again.
 """
 import argparse
 import dataclasses
@@ -543,6 +546,24 @@ def copy_result(root, stage, results_dir, part_name):
   return 1
 
 
+def published(results_dir, part_name, plan):
+  """The ``(name, hash)`` of each stage of ``plan`` whose results ``copy_result`` wrote to ``results_dir`` under
+  that stage's current hash (a file that does not parse, or names another hash, does not count)."""
+  out = set()
+  if not results_dir:
+    return out
+  for stage in plan:
+    path = os.path.join(results_dir, part_name, stage.name.replace('/', '__') + '.json')
+    try:
+      with open(path) as f:
+        body = json.load(f)
+    except (OSError, ValueError):
+      continue
+    if isinstance(body, dict) and isinstance(body.get('stage'), dict) and body['stage'].get('hash') == stage.hash:
+      out.add((stage.name, stage.hash))
+  return out
+
+
 def _names(plan, pattern):
   """Whether the shell pattern ``pattern`` names a stage of ``plan``."""
   import fnmatch
@@ -573,6 +594,9 @@ def main(argv=None):
   parser.add_argument('--set', action='append', default=[], help='config override KEY=VALUE for every stage')
   parser.add_argument('--jobs', type=int, default=1,
                       help='stages at once, each in its own process with one CPU thread (2 on a 2-core machine)')
+  parser.add_argument('--rerun-published', action='store_true',
+                      help='run again the stages whose results are in --results under their current hash (by default '
+                           'they count as done, and only what an unpublished stage needs is recomputed)')
   parser.add_argument('--noprogress', action='store_true')
   args = parser.parse_args(argv)
   try:
@@ -600,6 +624,12 @@ def main(argv=None):
           continue
         plan = stages.select(plan, ','.join(patterns))
       root = os.path.abspath(os.path.join(args.workdir, p))
+      if args.results and not args.rerun_published:
+        kept = stages.prune_published(plan, published(args.results, p, plan))
+        if len(kept) < len(plan):
+          print(f'{p}: {len(plan) - len(kept)} stages whose results are in {os.path.join(args.results, p)} are left '
+                'out (--rerun-published runs them again)', file=sys.stderr if not args.dry_run else sys.stdout)
+        plan = kept
       if args.dry_run:
         print(stages.describe(root, plan, args.jobs))
         continue

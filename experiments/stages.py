@@ -94,6 +94,19 @@ def select(plan: Sequence[Stage], only: Optional[str]) -> List[Stage]:
   return [s for s in plan if s.name in wanted]
 
 
+def prune_published(plan: Sequence[Stage], published) -> List[Stage]:
+  """``plan`` without the stages whose results were published elsewhere (``published``: a set of
+  ``(name, hash)``; a published stage's results are kept, not recomputed) unless a stage that stays needs
+  their outputs — a published training that an unpublished evaluation reads runs again, since checkpoints are
+  not published. Plan order is kept."""
+  needed = set()
+  for stage in reversed(list(plan)):
+    if stage.name in needed or (stage.name, stage.hash) not in published:
+      needed.add(stage.name)
+      needed.update(stage.depends)
+  return [s for s in plan if s.name in needed]
+
+
 def describe(root, plan: Sequence[Stage], jobs=1) -> str:
   """The plan as text: one line per stage (done or to run, its estimate), and the estimated total to run (one
   stage at a time, and divided among ``jobs`` when more run at once, ignoring waits on dependencies)."""

@@ -361,3 +361,44 @@ def test_the_results_page_rebuilds_the_plan_with_the_settings_it_ran_with(tmp_pa
   (tmp_path / 'res' / 'tiny' / 'plan.json').unlink()
   text = results_page.page(str(tmp_path / 'res'), str(tmp_path / 'RESULTS.md'), workdir=str(tmp_path / 'w'))
   assert '| unseen | 1 |' not in text and 'Left out: 1 result file(s)' in text and 'eval/unseen/tiny/centre/s42' in text
+
+
+def test_published_results_count_as_done_in_a_new_workdir(tmp_path, capsys):
+  only = 'eval/unseen/*s42,eval/toy-ratio/*s42'
+  res = str(tmp_path / 'res')
+  run = lambda workdir, *extra: reproduce.main(['--workdir', str(tmp_path / workdir), '--part', 'tiny', '--only', only,   # noqa: E731
+                                                '--results', res, '--noprogress', *extra])
+  assert run('first') == 0
+  assert 'tiny: 5 stages ran' in capsys.readouterr().out
+  published = Path(res, 'tiny', 'eval__toy-ratio__tiny__centre__s42.json')
+  before = published.read_text()
+  assert run('lost') == 0                       # a new workdir: everything is published, nothing reruns
+  assert 'tiny: 0 stages ran' in capsys.readouterr().out and published.read_text() == before
+  Path(res, 'tiny', 'eval__unseen__tiny__centre__s42.json').unlink()
+  assert run('lost') == 0                       # the evaluation and what it reads: classifier, training
+  out = capsys.readouterr()
+  assert 'tiny: 3 stages ran' in out.out and '2 stages whose results are in' in out.err
+  assert published.read_text() == before        # the published toy-ratio result is left as it was
+  body = json.loads(published.read_text())
+  body['stage']['hash'] = '0' * 64              # published under another hash: not done
+  published.write_text(json.dumps(body))
+  Path(res, 'tiny', 'train__toy-ratio__tiny__centre__s42.json').write_text('{not json')
+  assert run('other') == 0                      # toy-ratio's evaluation, its training, the Unseen reference, classifier
+  assert 'tiny: 4 stages ran' in capsys.readouterr().out
+  assert run('again', '--rerun-published') == 0
+  assert 'tiny: 5 stages ran' in capsys.readouterr().out
+
+
+def test_pruning_keeps_what_an_unpublished_stage_reads():
+  run = lambda s, folder, inputs: {}   # noqa: E731
+  plan = stages.resolve_hashes([stages.Stage('t', 'train', {}, run), stages.Stage('c', 'classifier', {}, run),
+                                stages.Stage('e1', 'eval', {'v': 1}, run, ('t', 'c')),
+                                stages.Stage('e2', 'eval', {'v': 2}, run, ('t', 'c')),
+                                stages.Stage('r', 'relearn', {}, run, ('t',))])
+  every = {(s.name, s.hash) for s in plan}
+  assert stages.prune_published(plan, every) == []
+  assert [s.name for s in stages.prune_published(plan, every - {('r', plan[4].hash)})] == ['t', 'r']
+  assert [s.name for s in stages.prune_published(plan, every - {('e1', plan[2].hash)})] == ['t', 'c', 'e1']
+  assert [s.name for s in stages.prune_published(plan, {('e2', plan[3].hash)})] == ['t', 'c', 'e1', 'r']
+  stale = {(s.name, '0' * 64) for s in plan}
+  assert stages.prune_published(plan, stale) == plan
