@@ -405,9 +405,10 @@ def _train(config, workdir, method, finetune, progress, main):
         values = dict(zip(keys, means.tolist()))
         rate = steps_timed / max(time.time() - t0, 1e-9)
         bar.set_postfix(loss=f'{values["loss"]:.4g}', steps_per_s=f'{rate:.1f}')
-        msg = f'step {done}: loss {values["loss"]:.5e}, loss_g {values["loss_g"]:.5e}'
-        if not math.isnan(values['loss_f']):
-          msg += f', loss_f {values["loss_f"]:.5e}'
+        msg = f'step {done}: loss {values["loss"]:.5e}'
+        for key in ('loss_g', 'loss_f'):   # NaN: the method has no such term (e.g. VDU reads no D_g)
+          if not math.isnan(values[key]):
+            msg += f', {key} {values[key]:.5e}'
         if main:
           logging.info(msg)
         if writer is not None:

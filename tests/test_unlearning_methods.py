@@ -360,6 +360,8 @@ def test_vdu_never_reads_retained_data(tmp_path, monkeypatch):
   with pytest.raises(AssertionError, match='D_g was read'):     # the guard is real: unseen reads D_g
     run_lib.train(toy(2), str(tmp_path / 'unseen'), 'unseen', progress=False)
   assert 'single-checkpoint fallback' in (tmp_path / 'vdu' / 'vdu.json').read_text()
+  line = [s for s in (tmp_path / 'vdu' / 'stdout.txt').read_text().splitlines() if 'step 6: loss' in s][0]
+  assert 'loss_f' in line and 'loss_g' not in line     # no retain term: nothing to log for it
 
 
 # ----------------------------------------------------------------------------------------------------------
