@@ -570,16 +570,19 @@ def plan_of(part, results_dir=None):
 
 
 def pending(workdir, part, results_dir=None) -> Optional[str]:
-  """'N of M stages done' of the part's plan (``plan_of``) in ``workdir`` (None without a workdir)."""
+  """'N of M stages done' of the part's plan (``plan_of``): a stage counts as done when its record is in
+  ``workdir`` or its results are published in ``results_dir`` under its current hash (as the benchmark counts
+  them; None without a workdir)."""
   plan = plan_of(part, results_dir) if workdir else None
   if plan is None:
     return None
+  from benchmarks import reproduce
   from experiments import stages
   root = os.path.join(workdir, part)
-  done = sum(stages.record_of(root, s) is not None for s in plan)
-  left = sum(s.estimate for s in plan if stages.record_of(root, s) is None)
-  return (f'{done} of {len(plan)} stages done; the rest is estimated at '
-          f'{left / 3600:.1f} h of stage time, to be divided among the stages run at once')
+  shown = reproduce.published(results_dir, part, plan)
+  left = [s for s in plan if (s.name, s.hash) not in shown and stages.record_of(root, s) is None]
+  return (f'{len(plan) - len(left)} of {len(plan)} stages done; the rest is estimated at '
+          f'{sum(s.estimate for s in left) / 3600:.1f} h of stage time, to be divided among the stages run at once')
 
 
 def page(results_dir, out_path, workdir=None, header=''):

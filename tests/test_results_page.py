@@ -310,3 +310,18 @@ def test_the_attack_table_says_what_each_point_drew_where_it_is_recorded(tmp_pat
   rows = {line.split('|')[1].strip(): line for line in text.splitlines() if line.startswith('| ') and '| 42 | 32 |' in line}
   assert rows['unseen'].rstrip().endswith('| 0: —, 100: 3 (50) |')  # step 0 lists no histogram
   assert rows['orthogonal'].rstrip().endswith('| — |')              # none recorded: one dash
+
+
+def test_the_plan_line_counts_stages_done_here_or_published_under_their_current_hash(tmp_path):
+  from benchmarks import reproduce
+  plan = reproduce.build_plan('tiny')
+  results = tmp_path / 'results' / 'tiny'
+  results.mkdir(parents=True)
+  first, second = plan[0], plan[1]
+  for stage, digest in ((first, first.hash), (second, 'not-its-hash')):   # the second is from an older config
+    (results / (stage.name.replace('/', '__') + '.json')).write_text(
+      json.dumps({'stage': {'name': stage.name, 'hash': digest, 'seconds': 1.}}))
+  line = results_page.pending(str(tmp_path / 'work'), 'tiny', str(tmp_path / 'results'))
+  left = sum(s.estimate for s in plan[1:]) / 3600
+  assert line.startswith(f'1 of {len(plan)} stages done; the rest is estimated at {left:.1f} h')
+  assert results_page.pending(None, 'tiny', str(tmp_path / 'results')) is None
