@@ -41,7 +41,8 @@ as its stage finishes (small files: no checkpoints). docs/RESULTS.md is written 
 ``experiments/results_page.py``. A stage whose results are already in ``--results`` under its current hash counts
 as done even when the workdir is new (another machine, a lost disk): it is left out of the run unless a stage still
 to run needs its outputs (a published training that an unpublished evaluation reads is trained again, checkpoints
-not being published); ``--rerun-published`` runs such stages again.
+not being published); ``--rerun-published`` runs such stages again. A training's record carries ``ema_sha256``,
+the digest of the weights it samples with, so such a retrained model can be checked against the published one.
 """
 import argparse
 import dataclasses
@@ -298,7 +299,18 @@ def run_train(stage, folder, inputs):
   path, step = run_lib.latest_checkpoint(folder)
   stats = os.path.join(folder, 'train_stats.json')
   return {'checkpoint': _relative(folder, path), 'step': step, 'workdir': _relative(folder, folder),
+          'ema_sha256': weights_sha256(config, path),
           'train_stats': json.load(open(stats)) if os.path.exists(stats) else None}
+
+
+def weights_sha256(config, path):
+  """Hex SHA-256 of the network a checkpoint samples with (its EMA weights; ``state_dict_sha256``'s digest of
+  the model's state dict): equal digests mean the same model bit for bit, so a stage trained again, on another
+  machine or after its workdir was lost, can be checked against its published record."""
+  import train_state
+  from evaluation import classifier
+  model, _ = train_state.load_ema_model(config, path, 'cpu')
+  return classifier.state_dict_sha256(model.state_dict())
 
 
 def _eval_config(stage, folder, inputs):

@@ -60,6 +60,14 @@ def test_tiny_grid_runs_once_then_recomputes_only_what_changed(tmp_path):
   assert (tmp_path / 'results' / 'tiny' / 'eval__unseen__tiny__centre__s42.nll.npz').exists()   # paired tests
   trained = json.loads((tmp_path / 'results' / 'tiny' / 'train__unseen__tiny__centre__s42.json').read_text())
   assert trained['step'] == 40 and trained['stage']['seconds'] > 0
+  # the fingerprint of the trained weights: the same stage trained again elsewhere gives the same digest, another
+  # learning rate another one
+  again = str(tmp_path / 'again')
+  stages.run_plan(again, plan[1:2], progress=False, log=lambda m: None)
+  digest = stages.record_of(again, plan[1])['outputs']['ema_sha256']
+  assert len(digest) == 64 and digest == trained['ema_sha256']
+  other = next(s for s in retrained if s.name.startswith('train/'))
+  assert stages.record_of(root, other)['outputs']['ema_sha256'] != digest
 
 
 def test_a_killed_training_stage_resumes(tmp_path):
