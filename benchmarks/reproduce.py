@@ -20,7 +20,7 @@ in the order it runs:
   protocol), ``mnist-best`` (the ratio preset, with that seed's Unseen as reference) and ``mnist-nll-ft``
   (``mnist-nll``, i.e. mnist-best plus the low-noise term, fine-tuning that seed's Standard for 1,000 steps with
   the same reference; not on the 2-D toy), each evaluated;
-* the relearning attack on those (first seed; at the other seeds on Standard, Unseen and the best preset, the
+* the relearning attack on those (first seed; at the other seeds on Standard, Unseen and the two presets, the
   relearning target's models, so that its test pools over the seeds);
 * first seed: the paper's forms on a CPU-sized VE SDE (``ve-*``, MNIST), evaluated and attacked;
 * first seed: Orthogonal and Obtuse fine-tuning Standard (Table 2) and the official-code variants
@@ -442,9 +442,10 @@ def build_plan(part_name, overrides=None, samples=1000):
       if nll:
         runs[f'{nll}-ft'] = train(f'{nll}-ft/{tag}', cfg({'unlearn.preset': nll}), 'obtuse', core, FINE_TUNE_STEPS,
                                   pretrained_from=std, reference_from=runs['unseen'])
-      # the attack: every core model at the first seed; the relearning target's models (Standard, Unseen, the best
-      # preset) at every seed, so that its test pools over the seeds
-      attacked = set(runs if seed == first else ('standard', 'unseen', best))
+      # the attack: every core model at the first seed; the relearning target's models (Standard, Unseen and the
+      # two presets, either of which the targets may take as the best setting) at every seed, so that its test
+      # pools over the seeds
+      attacked = set(runs if seed == first else ('standard', 'unseen', best) + ((f'{nll}-ft',) if nll else ()))
       for name, run in runs.items():
         evaluate(f'{name}/{tag}', cfg(), run, core, (CORE_ATTACK, i) if name in attacked else None)
       if seed != first:
