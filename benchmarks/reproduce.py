@@ -132,8 +132,12 @@ SPEED = {'mnist': {'step': 0.3, 'start': 15., 'eval': 920., 'relearn': 450., 'cl
          'tiny-digits': {'step': 0.05, 'start': 1., 'eval': 5., 'relearn': 5., 'classifier': 5., 'downstream': 5.}}
 
 #: a training step's time relative to ``SPEED[...]['step']`` (measured on MNIST-5k, seed 42: Standard and
-#: Unseen 0.25 s, Orthogonal and Obtuse 0.3 s, the ratio preset, which also runs its reference model, 0.6 s).
-STEP_FACTOR = {'standard': 0.85, 'unseen': 0.85, 'reference': 2.}
+#: Unseen 0.25 s, Orthogonal and Obtuse 0.3 s, the ratio preset, which also runs its reference model, 0.6 s; the
+#: likelihood preset, which adds its low-noise term, 1.27 s; the family's 1,000-step fine-tunes, from their
+#: recorded times at seed 42 on digit 3 and on 3 and 7: 0.36-1.42 s).
+STEP_FACTOR = {'standard': 0.85, 'unseen': 0.85, 'reference': 2., 'likelihood': 4.2,
+               'finetune': 1.2, 'siss': 1.2, 'erase': 1.5, 'neggrad': 2.4, 'salun': 2.4, 'erasediff': 2.5,
+               'vdu': 2.6, 'sa': 4.4}
 #: an evaluation's and an attack's time relative to ``SPEED[...]`` when the sampler runs a corrector step at
 #: each level (twice the network evaluations; measured on the VE SDE's Standard, digit 3: 1,040 s and 790 s).
 CORRECTOR_FACTOR = {'eval': 1.15, 'relearn': 1.75}
@@ -401,7 +405,12 @@ def build_plan(part_name, overrides=None, samples=1000):
       config.training.snapshot_sampling = False   # the sampler is left out of its hash: no snapshot images
     key = dict(config=train_key(config, task), task=task, **links)
     deps = [v for v in links.values() if v]
-    factor = STEP_FACTOR['reference'] if links.get('reference_from') else STEP_FACTOR.get(task, 1.)
+    if config.unlearn.preset and config.unlearn.preset in LIKELIHOOD_BEST.values():
+      factor = STEP_FACTOR['likelihood']
+    elif links.get('reference_from'):
+      factor = STEP_FACTOR['reference']
+    else:
+      factor = STEP_FACTOR.get(task, 1.)
     stage = add(f'train/{name}', 'train', key, deps,
                 factor * speed['step'] * int(config.training.n_iters) + speed['start'], rank)
     types[stage] = task
