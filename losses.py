@@ -205,7 +205,9 @@ def get_sde_loss_fn(sde, train, reduce_mean=True, continuous=True, likelihood_we
   noise is ``draw_noise``'s ``noise``.
   """
   fn = term_fn or _dsm_term(reduce_mean)
-  draw_noise(torch.zeros(1), None, noise)   # refuses an unknown noise now
+  # Refuses an unknown noise now. The check draws one number from the global RNG, and that draw is part of every
+  # seeded run's stream: code that builds a loss only on some starts must build it on all (fisher.cached_fisher).
+  draw_noise(torch.zeros(1), None, noise)
 
   def loss_fn(model, batch, generator=None):
     x, y = split_batch(batch)

@@ -447,3 +447,22 @@ def test_toy_job_places_fine_tuning_methods_beside_the_tasks(tmp_path):
     assert ckpt['step'] == 5
   assert toy_gmm2d.method_names('all') == [m for m in METHODS if m not in ('standard', 'unseen')]
   assert (tmp_path / 'toy_figure.png').exists()
+
+
+@pytest.mark.parametrize('method', ['sa', 'salun', 'vdu'])
+def test_a_start_that_finds_the_cache_trains_as_one_that_computes_it(tmp_path, method, pretrained_toy):
+  # A run stopped before its first checkpoint starts again from step 0 with its cached setup (samples, Fisher,
+  # saliency mask): it must train the same weights as the start that computed them.
+  config = toy(4)
+  config.training.pretrained = pretrained_toy[True]
+  first = run_lib.train(copy.deepcopy(config), str(tmp_path / 'first'), method, finetune=True, progress=False)
+  caches = [f for f in (needs.POOL_FILE, fisher.FISHER_FILE, salun.MASK_FILE) if (tmp_path / 'first' / f).exists()]
+  assert caches
+  (tmp_path / 'again').mkdir()
+  for f in caches:
+    (tmp_path / 'again' / f).write_bytes((tmp_path / 'first' / f).read_bytes())
+  stamps = {f: (tmp_path / 'again' / f).stat().st_mtime_ns for f in caches}
+  again = run_lib.train(copy.deepcopy(config), str(tmp_path / 'again'), method, finetune=True, progress=False)
+  assert {f: (tmp_path / 'again' / f).stat().st_mtime_ns for f in caches} == stamps   # read, not computed again
+  for (name, a), b in zip(first['model'].state_dict().items(), again['model'].state_dict().values()):
+    assert torch.equal(a, b), name

@@ -47,17 +47,19 @@ def cached_fisher(ctx, model, items, source, times, name='fisher'):
                                                    bool(ctx.config.training.likelihood_weighting),
                                                    bool(ctx.config.training.continuous)]}
   path = f'{ctx.workdir}/{name}.pth' if ctx.workdir else None
-  cached = needs.load_cache(path, meta)
-  if cached is not None:
-    return {k: v.to(ctx.device) for k, v in cached.items()}
-  logging.info('computing the diagonal Fisher information over %d %s items (%d draws each)', len(items), source,
-               times)
+  # Built before the cache is read: building a loss advances the global RNG (``losses.get_loss_fn``), and a
+  # start that finds the cache must leave the training stream where a start that computes it does.
   train = ctx.train
   ctx.train = False   # the loss in evaluation mode (deterministic given the draws)
   try:
     loss_fn = ctx.loss_fn()
   finally:
     ctx.train = train
+  cached = needs.load_cache(path, meta)
+  if cached is not None:
+    return {k: v.to(ctx.device) for k, v in cached.items()}
+  logging.info('computing the diagonal Fisher information over %d %s items (%d draws each)', len(items), source,
+               times)
   with needs.differentiable(model):
     fisher = diagonal_fisher(model, loss_fn, items.to(ctx.device), times, float(ctx.sde.N),
                              needs.generator(ctx, name))

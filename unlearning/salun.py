@@ -109,11 +109,12 @@ def build(ctx):
   meta = {'weights': needs.weights_digest(anchor), 'share': float(c.share), 'batches': n_batches, 'batch': batch,
           'seed': int(ctx.config.seed)}
   path = f'{ctx.workdir}/{MASK_FILE}' if ctx.workdir else None
+  term = dsm_term(ctx)   # before the cache is read: building a loss advances the global RNG (fisher.cached_fisher)
   mask = needs.load_cache(path, meta)
   if mask is None:
     batches = needs.forget_batches(ctx, batch, n_batches, 'salun-mask')
     with needs.differentiable(anchor):
-      mask = saliency_mask(anchor, dsm_term(ctx), batches, float(c.share), needs.generator(ctx, 'salun-mask-noise'))
+      mask = saliency_mask(anchor, term, batches, float(c.share), needs.generator(ctx, 'salun-mask-noise'))
     needs.save_cache(path, meta, mask)
   mask = {k: v.to(ctx.device).bool() for k, v in mask.items()}
   moving = sum(int(m.sum()) for m in mask.values())
