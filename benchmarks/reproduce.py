@@ -317,6 +317,15 @@ def weights_sha256(config, path):
   return classifier.state_dict_sha256(model.state_dict())
 
 
+def model_read(config, stage, run):
+  """What an evaluation, attack or downstream stage read: the training stage (``run_from``), the step of the
+  run's latest checkpoint and its ``weights_sha256``, so that a result can be checked against its training's
+  published record (``experiments.results_page``)."""
+  import run_lib
+  path, step = run_lib.latest_checkpoint(run)
+  return {'stage': stage.key['run_from'], 'step': step, 'ema_sha256': weights_sha256(config, path)}
+
+
 def _eval_config(stage, folder, inputs):
   config = from_key(stage.key['config'])
   clf = inputs[stage.key['classifier_from']]
@@ -332,7 +341,8 @@ def run_eval(stage, folder, inputs):
   # resume: the stage's folder belongs to its config alone, so an interrupted evaluation's NLLs and samples count
   results = evaluation_run.evaluate(config, run, stage.key['task'], eval_folder=os.path.abspath(folder),
                                     progress=False, resume=True)
-  return {'results': _relative(folder, os.path.join(folder, 'results.json')), 'step': results['step']}
+  return {'results': _relative(folder, os.path.join(folder, 'results.json')), 'step': results['step'],
+          'model': model_read(config, stage, run)}
 
 
 def run_relearn(stage, folder, inputs):
@@ -340,7 +350,8 @@ def run_relearn(stage, folder, inputs):
   config = _eval_config(stage, folder, inputs)
   run = at_root(os.path.dirname(os.path.abspath(folder)), inputs[stage.key['run_from']]['workdir'])
   relearn.run_relearn(config, run, stage.key['task'], eval_folder=os.path.abspath(folder), progress=False)
-  return {'results': _relative(folder, os.path.join(folder, relearn.RESULTS_FILENAME))}
+  return {'results': _relative(folder, os.path.join(folder, relearn.RESULTS_FILENAME)),
+          'model': model_read(config, stage, run)}
 
 
 def run_downstream(stage, folder, inputs):
@@ -349,7 +360,8 @@ def run_downstream(stage, folder, inputs):
   run = at_root(os.path.dirname(os.path.abspath(folder)), inputs[stage.key['run_from']]['workdir'])
   results = downstream.evaluate_downstream(config, run, stage.key['task'], eval_folder=os.path.abspath(folder),
                                            progress=False)
-  return {'results': _relative(folder, os.path.join(folder, 'results.json')), 'step': results['step']}
+  return {'results': _relative(folder, os.path.join(folder, 'results.json')), 'step': results['step'],
+          'model': model_read(config, stage, run)}
 
 
 RUNNERS = {'classifier': run_classifier, 'train': run_train, 'eval': run_eval, 'relearn': run_relearn,
@@ -550,6 +562,8 @@ def copy_result(root, stage, results_dir, part_name):
     with open(at_root(root, record['outputs']['results'])) as f:
       body = json.load(f)
     folder = os.path.dirname(at_root(root, record['outputs']['results']))
+    if record['outputs'].get('model'):   # the weights it read (records made before this field lack it)
+      body = dict(body, model=record['outputs']['model'])
   if stage.kind == 'eval':
     from evaluation import nll_items
     extras = {nll_items.items_filename(body['step']): '.nll.npz', f'samples_{body["step"]}.png': '.png'}

@@ -585,6 +585,41 @@ def pending(workdir, part, results_dir=None) -> Optional[str]:
           f'{sum(s.estimate for s in left) / 3600:.1f} h of stage time, to be divided among the stages run at once')
 
 
+def models_read(results_dir, part) -> Optional[str]:
+  """A line on whether the weights each evaluation, attack and downstream stage read (its ``model`` entry: the
+  digest of the checkpoint, ``benchmarks.reproduce.model_read``) are those its training's published record names
+  (``ema_sha256``); None where no result names them."""
+  checked, differ, unknown = 0, [], []
+  for path in sorted(glob.glob(os.path.join(results_dir, part, '*.json'))):
+    with open(path) as f:
+      body = json.load(f)
+    model = body.get('model') if isinstance(body, dict) else None
+    if not isinstance(model, dict) or not model.get('stage'):
+      continue
+    checked += 1
+    train = os.path.join(results_dir, part, model['stage'].replace('/', '__') + '.json')
+    published = None
+    if os.path.isfile(train):
+      with open(train) as f:
+        published = json.load(f).get('ema_sha256')
+    name = body.get('stage', {}).get('name', os.path.basename(path))
+    if not published:
+      unknown.append(name)
+    elif published != model.get('ema_sha256'):
+      differ.append(f'{name} read `{str(model.get("ema_sha256"))[:16]}…`, {model["stage"]} names '
+                    f'`{published[:16]}…`')
+  if not checked:
+    return None
+  line = (f'Weights read: {checked} result(s) name the digest of the checkpoint they read; '
+          f'{checked - len(differ) - len(unknown)} equal their training\'s published `ema_sha256`')
+  if unknown:
+    more = ', …' if len(unknown) > 3 else ''
+    line += f', {len(unknown)} have no published digest to compare ({", ".join(unknown[:3])}{more})'
+  if differ:
+    line += f'; DIFFERENT: {"; ".join(differ)}'
+  return line + '.\n'
+
+
 def page(results_dir, out_path, workdir=None, header=''):
   """The page's Markdown (see the module docstring)."""
   current = None
@@ -603,6 +638,9 @@ def page(results_dir, out_path, workdir=None, header=''):
     if entry['stale']:
       lines.append(f'Left out: {len(entry["stale"])} result file(s) of stages whose config has changed since they '
                    f'ran ({", ".join(sorted(entry["stale"])[:5])}{", …" if len(entry["stale"]) > 5 else ""}).\n')
+    read = models_read(results_dir, part)
+    if read:
+      lines.append(read)
     clf = entry['classifier']
     if clf:
       acc = clf.get('test_accuracy')

@@ -68,6 +68,10 @@ def test_tiny_grid_runs_once_then_recomputes_only_what_changed(tmp_path):
   assert len(digest) == 64 and digest == trained['ema_sha256']
   other = next(s for s in retrained if s.name.startswith('train/'))
   assert stages.record_of(root, other)['outputs']['ema_sha256'] != digest
+  # an evaluation names the weights it read: its training's digest (the first config's, not the retrained one's)
+  evaluated = json.loads((tmp_path / 'results' / 'tiny' / 'eval__unseen__tiny__centre__s42.json').read_text())
+  assert evaluated['model'] == {'stage': 'train/unseen/tiny/centre/s42', 'step': 40,
+                                'ema_sha256': trained['ema_sha256']}
 
 
 def test_a_killed_training_stage_resumes(tmp_path):

@@ -325,3 +325,20 @@ def test_the_plan_line_counts_stages_done_here_or_published_under_their_current_
   left = sum(s.estimate for s in plan[1:]) / 3600
   assert line.startswith(f'1 of {len(plan)} stages done; the rest is estimated at {left:.1f} h')
   assert results_page.pending(None, 'tiny', str(tmp_path / 'results')) is None
+
+
+def test_the_weights_each_result_read_are_checked_against_its_training_record(tmp_path):
+  folder = _one_seed(tmp_path, '')
+  assert results_page.models_read(str(tmp_path / 'results'), 'mnist') is None     # older records name none
+  for model, digest in (('unseen', 'aa'), ('orthogonal', 'bb')):
+    (folder / f'train__{model}__mnist__3__s42.json').write_text(json.dumps(
+      {'ema_sha256': digest * 32, 'stage': {'name': f'train/{model}/mnist/3/s42', 'seconds': 1.}}))
+    stem = folder / f'eval__{model}__mnist__3__s42.json'
+    body = json.loads(stem.read_text())
+    body['model'] = {'stage': f'train/{model}/mnist/3/s42', 'step': 3000, 'ema_sha256': 'aa' * 32}
+    stem.write_text(json.dumps(body))
+  line = results_page.models_read(str(tmp_path / 'results'), 'mnist')
+  assert line.startswith('Weights read: 2 result(s)') and '1 equal' in line
+  assert 'DIFFERENT: eval/orthogonal/mnist/3/s42 read `aaaaaaaaaaaaaaaa…`' in line and '`bbbbbbbbbbbbbbbb…`' in line
+  page = results_page.page(str(tmp_path / 'results'), str(tmp_path / 'RESULTS.md'))
+  assert line in page
