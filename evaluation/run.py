@@ -18,8 +18,9 @@ Everything the evaluation needs (checkpoints, classifier, FID network) is checke
 written. Results: ``W/<eval_folder>/results.json`` (the last checkpoint), ``results_<step>.json`` (each),
 ``results.md``, ``samples_<step>.png``, the per-item NLLs ``nll_items_<step>.npz`` (for ``evaluation.compare``)
 and TensorBoard scalars in ``W/<eval_folder>/tensorboard``. ``evaluate(..., resume=True)`` (the reproduction
-benchmark's stages) also keeps each checkpoint's samples in ``samples_<step>_all.pt`` until its results are
-written and marks each finished checkpoint with ``done_<step>.tag``, so that an interrupted evaluation skips
+benchmark's stages) also keeps each checkpoint's samples in ``samples_<step>_all.pt`` and the per-item NLLs of D_g
+and D_f, each as soon as it is computed, in ``nll_part_<step>_<retain|forget>.npz`` until its results are written,
+and marks each finished checkpoint with ``done_<step>.tag``, so that an interrupted evaluation skips
 the checkpoints it finished and picks up the NLLs and samples of the one it was on.
 """
 import contextlib
@@ -211,7 +212,7 @@ def evaluate(config, workdir, task='standard', eval_folder='eval', progress=True
   ``keep_samples`` adds the samples tensor under ``'samples'`` of the returned dict (not written to JSON).
   ``resume``: the eval folder belongs to this config alone (as a cached stage's folder does), so what an
   interrupted evaluation of it left — the results of the checkpoints it finished (marked by ``done_<step>.tag``),
-  a checkpoint's per-item NLLs, its samples (``samples_<step>_all.pt``, written only under ``resume`` and removed
+  a checkpoint's per-item NLLs (of D_g alone when it was stopped during D_f's), its samples (``samples_<step>_all.pt``, written only under ``resume`` and removed
   once the results are) — is reused rather than computed again; a part that was written under another config or
   checkpoint file, does not match what is asked (item or sample counts, shape) or cannot be read is computed
   again.
@@ -327,6 +328,36 @@ def _earlier_nll(path, sizes, tag, tag_path):
   return out
 
 
+def _part_nll_path(out_dir, step, part):
+  return os.path.join(out_dir, f'nll_part_{int(step)}_{part}.npz')
+
+
+def _keep_part_nll(path, result, tag):
+  """Keeps one part's per-item NLLs (``dataset_nll``'s output) with the evaluation's ``tag``, so that an
+  evaluation stopped during the next part does not compute this one again."""
+  arrays = {'items_bpd': np.asarray(result['items_bpd'], dtype=np.float64),
+            'items_nats': np.asarray(result['items_nats'], dtype=np.float64), 'tag': np.array(tag)}
+  _keep(path, lambda f: np.savez(f, **arrays))
+
+
+def _earlier_part_nll(path, n, tag):
+  """One part's ``dataset_nll``-like result kept by ``_keep_part_nll`` under the same ``tag``, or None when there is
+  none, it cannot be read (no pickles), carries another tag, or is not ``n`` finite items."""
+  if not os.path.isfile(path):
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      if str(f['tag']) != tag:
+        return None
+      bpd, nats = np.asarray(f['items_bpd'], dtype=np.float64), np.asarray(f['items_nats'], dtype=np.float64)
+  except Exception:   # noqa: BLE001 - a damaged leftover is computed again
+    return None
+  if bpd.shape != (n,) or nats.shape != (n,) or not (np.isfinite(bpd).all() and np.isfinite(nats).all()):
+    return None
+  return {'bpd': mean_sem(bpd).to_dict(), 'nats': mean_sem(nats).to_dict(), 'items_bpd': torch.from_numpy(bpd),
+          'items_nats': torch.from_numpy(nats)}
+
+
 def _samples_filename(step):
   return f'samples_{int(step)}_all.pt'
 
@@ -404,6 +435,13 @@ def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features
         else:
           nll = {}
           for part in ('retain', 'forget'):
+            part_path = _part_nll_path(out_dir, step, part)
+            kept_part = _earlier_part_nll(part_path, sizes[part], tag) if resume else None
+            if kept_part is not None:
+              logging.info('reusing the per-item NLLs of %s of an interrupted evaluation (%s)',
+                           'D_g' if part == 'retain' else 'D_f', os.path.basename(part_path))
+              nll[part] = kept_part
+              continue
             with _failure_names(path, f'the NLL of {"D_g" if part == "retain" else "D_f"}'):
               nll[part] = nll_lib.dataset_nll(ll_fn, model, split.part(part), scaler, inverse,
                                               batch_size=ev.batch_size, seed=datasets.derive_seed(config.seed, 'bpd'),
@@ -414,6 +452,8 @@ def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features
             if bad:
               raise EvaluationError(f'the NLL of {bad} {part} items is not finite under {path}: the model is '
                                     'broken (a diverged run?); no NLL is reported')
+            if resume and main:
+              _keep_part_nll(part_path, nll[part], tag)
         results['nll_bpd'] = {part: nll[part]['bpd'] for part in nll}
         if not data.is_image:
           results['nll_nats'] = {part: nll[part]['nats'] for part in nll}
@@ -474,7 +514,8 @@ def _evaluate_checkpoints(config, method, data, sde, ckpts, classifier, features
         _write(results, out_dir, step, writer)
         if resume:
           _keep(_done_path(out_dir, step), lambda f: f.write(tag.encode()))
-        for leftover in (_samples_filename(step), os.path.basename(_tag_path(out_dir, step))):
+        for leftover in (_samples_filename(step), os.path.basename(_tag_path(out_dir, step)),
+                         *(os.path.basename(_part_nll_path(out_dir, step, part)) for part in ('retain', 'forget'))):
           if os.path.isfile(os.path.join(out_dir, leftover)):
             os.remove(os.path.join(out_dir, leftover))
   except Exception as e:

@@ -182,6 +182,61 @@ def test_a_resumed_evaluation_reuses_what_an_interrupted_one_left_and_gets_the_s
   assert again['unlearning_ratio'] == whole['unlearning_ratio'] and again['nll_bpd'] == whole['nll_bpd']
 
 
+def test_an_evaluation_stopped_during_the_nll_of_d_f_resumes_without_computing_d_g_again(toy_run, monkeypatch):
+  """``resume=True``: D_g's per-item NLLs are kept as soon as they are computed, so an evaluation killed during D_f's
+  computes only D_f's when resumed, and its results equal those of an evaluation in one go; a leftover of another
+  config or a damaged one is computed again."""
+  config, workdir = toy_run
+  config = copy.deepcopy(config)
+  config.eval.enable_bpd, config.eval.enable_sampling, config.eval.enable_loss = True, False, False
+  config.eval.enable_fid = False
+  whole = E.evaluate(config, workdir, 'obtuse', eval_folder='whole_nll', progress=False)
+  out = os.path.join(workdir, 'cut_nll')
+  real_nll = E.nll_lib.dataset_nll
+  calls = []
+
+  def kill_at_forget(*args, desc='', **kwargs):
+    calls.append(desc)
+    if desc == 'NLL forget':
+      raise KeyboardInterrupt('killed during the NLL of D_f')
+    return real_nll(*args, desc=desc, **kwargs)
+  with monkeypatch.context() as m:
+    m.setattr(E.nll_lib, 'dataset_nll', kill_at_forget)
+    with pytest.raises(KeyboardInterrupt):
+      E.evaluate(config, workdir, 'obtuse', eval_folder='cut_nll', progress=False, resume=True)
+    assert calls == ['NLL retain', 'NLL forget']
+    assert os.path.isfile(os.path.join(out, 'nll_part_30_retain.npz'))
+    assert not os.path.exists(os.path.join(out, 'nll_items_30.npz'))
+    calls.clear()   # another config does not reuse the kept D_g part
+    other = copy.deepcopy(config)
+    other.mia.num_draws = int(config.mia.num_draws) + 1
+    with pytest.raises(KeyboardInterrupt):
+      E.evaluate(other, workdir, 'obtuse', eval_folder='cut_nll', progress=False, resume=True)
+    assert calls == ['NLL retain', 'NLL forget']
+    calls.clear()   # its own config again (the leftover was overwritten by the other config's)
+    with pytest.raises(KeyboardInterrupt):
+      E.evaluate(config, workdir, 'obtuse', eval_folder='cut_nll', progress=False, resume=True)
+    assert calls == ['NLL retain', 'NLL forget']
+  calls.clear()
+  with monkeypatch.context() as m:
+    m.setattr(E.nll_lib, 'dataset_nll', lambda *a, desc='', **k: calls.append(desc) or real_nll(*a, desc=desc, **k))
+    resumed = E.evaluate(config, workdir, 'obtuse', eval_folder='cut_nll', progress=False, resume=True)
+  assert calls == ['NLL forget']
+  for key in ('nll_bpd', 'nll_nats'):
+    assert resumed[key] == whole[key], key
+  assert not os.path.exists(os.path.join(out, 'nll_part_30_retain.npz'))   # removed once the results are written
+  assert not os.path.exists(os.path.join(out, 'nll_part_30_forget.npz'))
+  # a damaged part leftover is computed again, not trusted
+  with open(os.path.join(out, 'nll_part_30_retain.npz'), 'wb') as f:
+    f.write(b'not a zip')
+  os.remove(os.path.join(out, 'done_30.tag'))
+  calls.clear()
+  with monkeypatch.context() as m:
+    m.setattr(E.nll_lib, 'dataset_nll', lambda *a, desc='', **k: calls.append(desc) or real_nll(*a, desc=desc, **k))
+    again = E.evaluate(config, workdir, 'obtuse', eval_folder='cut_nll', progress=False, resume=True)
+  assert calls == ['NLL retain', 'NLL forget'] and again['nll_bpd'] == whole['nll_bpd']
+
+
 def test_a_resumed_evaluation_of_several_checkpoints_starts_at_the_first_unfinished_one(tmp_path, monkeypatch):
   """eval.begin_ckpt..end_ckpt under ``resume=True``: killed during the second checkpoint, the evaluation resumes
   there (the first is not evaluated again) and ends with the same results as one in a go; a changed config
